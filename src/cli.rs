@@ -1,0 +1,151 @@
+//! The `vstreamd` command line. `main.rs` parses nothing itself: it calls [`run`].
+//!
+//! - `vstreamd model inspect --model DIR`: JSON summary of a checkpoint.
+//! - `vstreamd model run --model DIR --frames F1.png ... --prompt TEXT`: the frames as
+//!   one video, the prompt templated as `transformers`' processor does for a user turn
+//!   holding one video then the text; prints the greedy answer, optionally dumps the
+//!   prefill logits.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tch::{Kind, Tensor};
+
+use crate::model::preprocess::load_rgb;
+use crate::model::{LlavaOnevision, ModelOptions, Precision};
+
+#[derive(Parser, Debug)]
+#[command(name = "vstreamd", version, about = "Streaming video understanding daemon")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check and run a model checkpoint.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Print a checkpoint's shape as JSON.
+    Inspect(InspectArgs),
+    /// Answer a prompt about a video given as frames.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Frames of one video, in order (PNG or JPEG).
+    #[arg(long, num_args = 1.., required = true)]
+    pub frames: Vec<PathBuf>,
+    /// The question or instruction.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Write `logits` (f32 [prompt tokens, vocab]) and `input_ids` (i64) here.
+    #[arg(long)]
+    pub dump_logits: Option<PathBuf>,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Model(ModelCommand::Inspect(args)) => inspect(&args),
+        Command::Model(ModelCommand::Run(args)) => run_model(&args),
+    }
+}
+
+fn load_model(args: &ModelArgs) -> anyhow::Result<LlavaOnevision> {
+    let precision: Precision = args.dtype.parse()?;
+    let opts = ModelOptions::parse(&args.device, precision)?;
+    let start = Instant::now();
+    tracing::info!(model = %args.model.display(), device = %args.device, dtype = %args.dtype, "loading model");
+    let model = LlavaOnevision::load(&args.model, opts)
+        .with_context(|| format!("loading checkpoint {}", args.model.display()))?;
+    tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
+    Ok(model)
+}
+
+fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let _guard = tch::no_grad_guard();
+    let model = load_model(&args.model)?;
+    println!("{}", serde_json::to_string_pretty(&model.summary())?);
+    Ok(())
+}
+
+fn run_model(args: &RunArgs) -> anyhow::Result<()> {
+    let _guard = tch::no_grad_guard();
+    if args.prompt.trim().is_empty() {
+        bail!("--prompt is empty");
+    }
+    let model = load_model(&args.model)?;
+    let frames = read_frames(&args.frames)?;
+    let start = Instant::now();
+    let pixels = model.preprocessor.process(&frames)?;
+    let frame_embeddings = model.encode_frames(&pixels)?;
+    let ids = model.video_prompt_ids(&args.prompt, frames.size()[0])?;
+    let embeds = model.embed_with_video(&ids, &frame_embeddings)?;
+    let (tokens, logits) =
+        model.generate_greedy(&embeds, args.max_new_tokens, &model.stop_tokens())?;
+    tracing::info!(
+        frames = frames.size()[0],
+        prompt_tokens = ids.len(),
+        new_tokens = tokens.len(),
+        seconds = start.elapsed().as_secs_f64(),
+        "answered"
+    );
+    println!("{}", model.text.decode(&tokens, true)?);
+    if let Some(out) = &args.dump_logits {
+        let input_ids = Tensor::from_slice(&ids);
+        let logits = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+        Tensor::write_safetensors(&[("logits", &logits), ("input_ids", &input_ids)], out)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Frames as one uint8 [N, 3, H, W] tensor; all frames must share a size.
+pub fn read_frames(paths: &[PathBuf]) -> anyhow::Result<Tensor> {
+    let frames = paths
+        .iter()
+        .map(|p: &PathBuf| load_rgb(Path::new(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = frames[0].size();
+    if let Some((i, f)) = frames.iter().enumerate().find(|(_, f)| f.size() != first) {
+        bail!(
+            "frame {} is {:?}, frame 0 is {:?}: frames of one video share a size",
+            paths[i].display(),
+            f.size(),
+            first
+        );
+    }
+    Ok(Tensor::f_stack(&frames, 0)?)
+}

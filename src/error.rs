@@ -1,0 +1,84 @@
+//! Typed errors, one enum per layer, each with a stable `error_type()` label that
+//! metrics and logs use (text-generation-inference's habit). `anyhow` appears only in
+//! `main.rs`.
+
+use std::path::PathBuf;
+
+/// Errors of the model runtime (`crate::model`): loading a checkpoint and running it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("checkpoint {dir} has no {what}")]
+    MissingFile { dir: PathBuf, what: &'static str },
+    #[error("unsupported checkpoint: {0}")]
+    Unsupported(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("reading safetensors {path}: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("checkpoint holds {count} tensor(s) the model does not use, first `{first}`")]
+    UnknownTensors { count: usize, first: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("image {path}: {message}")]
+    Image { path: PathBuf, message: String },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    /// Stable label for metrics and structured logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ModelError::Io { .. } => "io",
+            ModelError::Json { .. } => "json",
+            ModelError::MissingFile { .. } => "missing_file",
+            ModelError::Unsupported(_) => "unsupported",
+            ModelError::InvalidConfig(_) => "invalid_config",
+            ModelError::Safetensors { .. } => "safetensors",
+            ModelError::MissingTensor(_) => "missing_tensor",
+            ModelError::ShapeMismatch { .. } => "shape_mismatch",
+            ModelError::UnsupportedDtype { .. } => "unsupported_dtype",
+            ModelError::UnknownTensors { .. } => "unknown_tensors",
+            ModelError::Tokenizer(_) => "tokenizer",
+            ModelError::Template(_) => "template",
+            ModelError::Image { .. } => "image",
+            ModelError::InvalidInput(_) => "invalid_input",
+            ModelError::Torch(_) => "torch",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type ModelResult<T> = Result<T, ModelError>;

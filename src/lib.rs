@@ -1,0 +1,15 @@
+//! vstreamd: streaming, online video understanding.
+//!
+//! A daemon that watches live video, encodes it continuously with a Video-LLM, keeps
+//! the key/value caches of what it has seen, and answers questions about any moment
+//! by retrieving only the relevant cached frames (the ReKV line of research).
+//!
+//! # Layout
+//! - [`error`]: typed errors per layer with stable metric labels.
+//! - [`model`]: Hugging Face Video-LLM checkpoints in libtorch (LLaVA-OneVision):
+//!   loading, preprocessing, vision tower, decoder with explicit KV contexts.
+//! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
+
+pub mod cli;
+pub mod error;
+pub mod model;

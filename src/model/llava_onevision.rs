@@ -1,0 +1,335 @@
+//! LLaVA-OneVision (Li et al. 2024; `transformers`' `models/llava_onevision`), the
+//! Video-LLM ReKV runs: SigLIP tower → 2-layer MLP projector → 2×2 bilinear pooling of
+//! each frame's patch grid → Qwen2 decoder. A video of F frames becomes
+//! F · ⌈g/2⌉² embeddings plus one `image_newline` embedding after the last frame,
+//! scattered over the expanded `<video>` placeholder tokens of the templated prompt.
+//!
+//! For streaming, [`LlavaOnevision::encode_frames`] gives each frame's embeddings on
+//! their own ([N, tokens_per_frame, hidden]); the caller places them (and the newline)
+//! in whatever prompt layout it builds, and runs the decoder through
+//! [`LlavaOnevision::decoder`] against an [`AttnContext`].
+
+use std::path::Path;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{ModelError, ModelResult};
+use crate::model::config::{LlavaOnevisionConfig, VideoPreprocessorConfig};
+use crate::model::context::AttnContext;
+use crate::model::preprocess::FramePreprocessor;
+use crate::model::qwen2::{ForwardOptions, Qwen2};
+use crate::model::siglip::SiglipVisionTower;
+use crate::model::text::TextProcessor;
+use crate::model::weights::{Linear, WeightStore};
+use crate::model::{Activation, ModelOptions};
+
+/// Where a checkpoint keeps each part. Hub checkpoints use the layout of
+/// `transformers` < 4.52 (`vision_tower.vision_model.*`, `language_model.model.*`);
+/// `transformers` 5 saves `vision_tower.*` and may prefix parts with `model.`.
+/// Each part is found by probing for one tensor it must have.
+struct Layout {
+    vision: String,
+    projector: String,
+    text: String,
+    lm_head: String,
+    newline: String,
+}
+
+impl Layout {
+    fn detect(store: &WeightStore) -> ModelResult<Self> {
+        let find = |candidates: &[&str], probe: &str| -> ModelResult<String> {
+            candidates
+                .iter()
+                .find(|c| {
+                    let name = if c.is_empty() { probe.to_owned() } else { format!("{c}.{probe}") };
+                    store.contains(&name)
+                })
+                .map(|c| c.to_string())
+                .ok_or_else(|| ModelError::MissingTensor(format!("{}.{probe}", candidates[0])))
+        };
+        let vision = find(
+            &[
+                "vision_tower.vision_model",
+                "vision_tower",
+                "model.vision_tower.vision_model",
+                "model.vision_tower",
+            ],
+            "embeddings.patch_embedding.weight",
+        )?;
+        let projector = find(
+            &["multi_modal_projector", "model.multi_modal_projector"],
+            "linear_1.weight",
+        )?;
+        let text = find(
+            &["language_model.model", "model.language_model", "language_model"],
+            "embed_tokens.weight",
+        )?;
+        let newline = if store.contains("model.image_newline") {
+            "model.image_newline"
+        } else {
+            "image_newline"
+        };
+        let lm_head = if text == "language_model.model" {
+            "language_model.lm_head"
+        } else {
+            "lm_head"
+        };
+        Ok(Self {
+            vision,
+            projector,
+            text,
+            lm_head: lm_head.into(),
+            newline: newline.into(),
+        })
+    }
+}
+
+/// Figures `vstreamd model inspect` prints.
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub family: &'static str,
+    pub parameters: i64,
+    pub vision_layers: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub hidden_size: i64,
+    pub vocab_size: i64,
+    pub image_size: i64,
+    pub tokens_per_frame: i64,
+    pub kv_bytes_per_token_fp16: i64,
+}
+
+pub struct LlavaOnevision {
+    pub config: LlavaOnevisionConfig,
+    vision: SiglipVisionTower,
+    projector: (Linear, Activation, Linear),
+    /// [hidden].
+    image_newline: Tensor,
+    decoder: Qwen2,
+    pub text: TextProcessor,
+    pub preprocessor: FramePreprocessor,
+    parameters: i64,
+    dtype: Kind,
+    device: Device,
+}
+
+impl LlavaOnevision {
+    /// Loads a checkpoint directory as `from_pretrained` would: config, weights (single
+    /// or sharded), tokenizer, chat template, video preprocessor config. A tensor the
+    /// model needs and lacks, one it does not know, or a wrong shape is an error naming
+    /// the tensor.
+    pub fn load(dir: &Path, opts: ModelOptions) -> ModelResult<Self> {
+        let config = LlavaOnevisionConfig::load(&dir.join("config.json"))?;
+        let store = WeightStore::open(dir, opts.device, opts.dtype)?;
+        let layout = Layout::detect(&store)?;
+        let root = store.root();
+        let v = &config.vision_config;
+        let t = &config.text_config;
+        let vision_scope = root.pp(&layout.vision);
+        let vision =
+            SiglipVisionTower::load(&vision_scope, v, &config.vision_feature_layer.indices())?;
+        for prefix in vision.unused_prefixes(&vision_scope, v.num_hidden_layers) {
+            store.skip_prefix(&prefix);
+        }
+        let features = v.hidden_size * config.vision_feature_layer.indices().len() as i64;
+        let bias = config.multimodal_projector_bias;
+        let proj = root.pp(&layout.projector);
+        let act = Activation::parse(&config.projector_hidden_act).ok_or_else(|| {
+            ModelError::Unsupported(format!("projector act `{}`", config.projector_hidden_act))
+        })?;
+        let projector = (
+            proj.pp("linear_1").linear(features, t.hidden_size, bias)?,
+            act,
+            proj.pp("linear_2").linear(t.hidden_size, t.hidden_size, bias)?,
+        );
+        let image_newline = root.get(&layout.newline, &[t.hidden_size])?;
+        let tied = config.tied_embeddings();
+        let head_scope = root.pp(&layout.lm_head);
+        if tied {
+            // Some exports write the tied head anyway; it is the embedding matrix.
+            store.skip_prefix(&head_scope.name("weight"));
+        }
+        let decoder = Qwen2::load(&root.pp(&layout.text), Some(&head_scope), t, tied)?;
+        store.finish()?;
+        let parameters = store.parameter_count(tied.then_some(layout.lm_head.as_str()));
+        let text = TextProcessor::load(dir, config.video_token_index)?;
+        let preprocessor =
+            FramePreprocessor::new(&VideoPreprocessorConfig::load(dir)?, v.image_size, opts.device)?;
+        Ok(Self {
+            config,
+            vision,
+            projector,
+            image_newline,
+            decoder,
+            text,
+            preprocessor,
+            parameters,
+            dtype: opts.dtype,
+            device: opts.device,
+        })
+    }
+
+    pub fn decoder(&self) -> &Qwen2 {
+        &self.decoder
+    }
+
+    pub fn dtype(&self) -> Kind {
+        self.dtype
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn tokens_per_frame(&self) -> i64 {
+        self.config.tokens_per_frame()
+    }
+
+    pub fn summary(&self) -> ModelSummary {
+        let t = &self.config.text_config;
+        ModelSummary {
+            family: "llava_onevision",
+            parameters: self.parameters,
+            vision_layers: self.config.vision_config.num_hidden_layers,
+            layers: t.num_hidden_layers,
+            heads: t.num_attention_heads,
+            kv_heads: t.kv_heads(),
+            head_dim: t.head_dim(),
+            hidden_size: t.hidden_size,
+            vocab_size: t.vocab_size,
+            image_size: self.config.vision_config.image_size,
+            tokens_per_frame: self.tokens_per_frame(),
+            kv_bytes_per_token_fp16: t.num_hidden_layers * 2 * t.kv_heads() * t.head_dim() * 2,
+        }
+    }
+
+    /// Embeddings of each frame: pixels [N, 3, S, S] (any float dtype) →
+    /// [N, tokens_per_frame, hidden] in the model dtype.
+    pub fn encode_frames(&self, pixels: &Tensor) -> ModelResult<Tensor> {
+        let s = self.config.vision_config.image_size;
+        let dims = pixels.size();
+        if dims.len() != 4 || dims[1..] != [3, s, s] {
+            return Err(ModelError::InvalidInput(format!(
+                "pixel values must be [N, 3, {s}, {s}], got {dims:?}"
+            )));
+        }
+        let pixels = pixels.f_to_device(self.device)?.f_to_kind(self.dtype)?;
+        let mut features = self.vision.forward(&pixels)?;
+        if self.config.vision_feature_select_strategy == "default" {
+            let p = features.size()[1];
+            features = features.f_narrow(1, 1, p - 1)?;
+        }
+        let (l1, act, l2) = &self.projector;
+        let projected = l2.forward(&act.forward(&l1.forward(&features))?);
+        self.pool(&projected)
+    }
+
+    /// 2×2 bilinear pooling of a frame's [g·g] grid to ⌈g/2⌉², as `apply_pooling`.
+    fn pool(&self, features: &Tensor) -> ModelResult<Tensor> {
+        let g = self.config.vision_config.grid();
+        let (n, _, d) = features.size3()?;
+        let pooled = (g + 1) / 2;
+        Ok(features
+            .f_view([n, g, g, d])?
+            .f_permute([0, 3, 1, 2])?
+            .f_contiguous()?
+            .f_upsample_bilinear2d([pooled, pooled], false, None, None)?
+            .f_permute([0, 2, 3, 1])?
+            .f_reshape([n, pooled * pooled, d])?)
+    }
+
+    /// The newline embedding that follows a video's last frame, [1, hidden].
+    pub fn newline(&self) -> ModelResult<Tensor> {
+        Ok(self.image_newline.f_unsqueeze(0)?)
+    }
+
+    /// Token ids of a user turn holding a video of `frames` frames and `prompt`, with
+    /// the video placeholder expanded to one token per video embedding.
+    pub fn video_prompt_ids(&self, prompt: &str, frames: i64) -> ModelResult<Vec<i64>> {
+        let templated = self.text.video_user_turn(prompt)?;
+        let ids = self.text.encode(&templated)?;
+        let video_tokens = frames * self.tokens_per_frame() + 1;
+        self.text.expand_video(&ids, video_tokens as usize)
+    }
+
+    /// Input embeddings [T, hidden] for `ids` [T] with the video placeholders replaced,
+    /// in order, by `frame_embeddings` [F, tokens_per_frame, hidden] and the newline.
+    pub fn embed_with_video(&self, ids: &[i64], frame_embeddings: &Tensor) -> ModelResult<Tensor> {
+        let ids_t = Tensor::from_slice(ids).f_to_device(self.device)?;
+        let embeds = self.decoder.embed(&ids_t)?;
+        let hidden = self.config.text_config.hidden_size;
+        let video = Tensor::f_cat(
+            &[&frame_embeddings.f_reshape([-1, hidden])?, &self.newline()?],
+            0,
+        )?;
+        let mask = ids_t.f_eq(self.text.video_token_id())?;
+        let placeholders = ids.iter().filter(|&&i| i == self.text.video_token_id()).count() as i64;
+        if placeholders != video.size()[0] {
+            return Err(ModelError::InvalidInput(format!(
+                "{placeholders} video tokens in the prompt for {} video embeddings",
+                video.size()[0]
+            )));
+        }
+        Ok(embeds.f_masked_scatter(&mask.f_unsqueeze(-1)?, &video)?)
+    }
+
+    /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
+    /// fresh context: at most `max_new_tokens` tokens, stopping after any of `stop`.
+    /// Returns the new tokens and the prefill logits [T, vocab] (fp32).
+    pub fn generate_greedy(
+        &self,
+        embeds: &Tensor,
+        max_new_tokens: usize,
+        stop: &[i64],
+    ) -> ModelResult<(Vec<i64>, Tensor)> {
+        let t = embeds.size()[0];
+        let mut ctx = AttnContext::new(self.decoder.num_layers());
+        let positions = Tensor::f_arange(t, (Kind::Int64, self.device))?;
+        let append = ForwardOptions {
+            append: true,
+            return_kv: false,
+        };
+        let out = self.decoder.forward(embeds, &positions, &mut ctx, append)?;
+        let logits = self.decoder.logits(&out.hidden)?;
+        let mut next = logits.f_get(t - 1)?.f_argmax(-1, false)?.int64_value(&[]);
+        let mut tokens = Vec::with_capacity(max_new_tokens);
+        for step in 0..max_new_tokens as i64 {
+            tokens.push(next);
+            if stop.contains(&next) || tokens.len() == max_new_tokens {
+                break;
+            }
+            let ids = Tensor::from_slice(&[next]).f_to_device(self.device)?;
+            let pos = Tensor::from_slice(&[t + step]).f_to_device(self.device)?;
+            let out = self
+                .decoder
+                .forward(&self.decoder.embed(&ids)?, &pos, &mut ctx, append)?;
+            next = self
+                .decoder
+                .logits(&out.hidden)?
+                .f_get(0)?
+                .f_argmax(-1, false)?
+                .int64_value(&[]);
+        }
+        Ok((tokens, logits))
+    }
+
+    /// Ids that end an answer: `eos_token_id` of the text config and `<|im_end|>`.
+    pub fn stop_tokens(&self) -> Vec<i64> {
+        let mut stop = self
+            .config
+            .text_config
+            .eos_token_id
+            .as_ref()
+            .map(|e| e.to_vec())
+            .unwrap_or_default();
+        if let Some(id) = self.text.token_id("<|im_end|>") {
+            if !stop.contains(&id) {
+                stop.push(id);
+            }
+        }
+        stop
+    }
+}

@@ -1,0 +1,106 @@
+//! Frame preprocessing as `LlavaOnevisionVideoProcessor` (transformers 5, torchvision
+//! backend) does it: RGB uint8 frames resized to the configured size with antialiased
+//! bicubic (or bilinear) interpolation, rounded back to uint8, then the fused
+//! rescale-and-normalise `(x - mean/r) / (std/r)` in fp32.
+//! In: [N, 3, H, W] uint8. Out: [N, 3, S_h, S_w] fp32.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{ModelError, ModelResult};
+use crate::model::config::VideoPreprocessorConfig;
+
+#[derive(Debug)]
+pub struct FramePreprocessor {
+    height: i64,
+    width: i64,
+    resize: bool,
+    bicubic: bool,
+    /// Per-channel offset and divisor, [1, 3, 1, 1] fp32, with the rescale folded in.
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl FramePreprocessor {
+    pub fn new(cfg: &VideoPreprocessorConfig, tower_size: i64, device: Device) -> ModelResult<Self> {
+        let (height, width) = cfg.target_size(tower_size);
+        if (height, width) != (tower_size, tower_size) {
+            return Err(ModelError::InvalidConfig(format!(
+                "video preprocessor size {height}x{width} differs from the vision tower's {tower_size}x{tower_size}"
+            )));
+        }
+        if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
+            return Err(ModelError::InvalidConfig(
+                "image_mean and image_std need 3 values".into(),
+            ));
+        }
+        let bicubic = match cfg.resample {
+            3 => true,
+            2 => false,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "resample {other} (bilinear = 2 and bicubic = 3 are supported)"
+                )))
+            }
+        };
+        let (mut mean, mut std) = (cfg.image_mean.clone(), cfg.image_std.clone());
+        if !cfg.do_normalize {
+            mean = vec![0.0; 3];
+            std = vec![1.0; 3];
+        }
+        let scale = if cfg.do_rescale { cfg.rescale_factor } else { 1.0 };
+        let folded = |v: &[f64]| -> ModelResult<Tensor> {
+            let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
+            Ok(Tensor::from_slice(&v).f_view([1, 3, 1, 1])?.f_to_device(device)?)
+        };
+        Ok(Self {
+            height,
+            width,
+            resize: cfg.do_resize,
+            bicubic,
+            mean: folded(&mean)?,
+            std: folded(&std)?,
+        })
+    }
+
+    pub fn size(&self) -> (i64, i64) {
+        (self.height, self.width)
+    }
+
+    /// Pixel values for frames [N, 3, H, W] uint8.
+    pub fn process(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        let dims = frames.size();
+        if dims.len() != 4 || dims[1] != 3 || frames.kind() != Kind::Uint8 {
+            return Err(ModelError::InvalidInput(format!(
+                "frames must be uint8 [N, 3, H, W], got {:?} {:?}",
+                frames.kind(),
+                dims
+            )));
+        }
+        let mut x = frames.f_to_device(self.mean.device())?.f_to_kind(Kind::Float)?;
+        if self.resize && (dims[2], dims[3]) != (self.height, self.width) {
+            let size = [self.height, self.width];
+            x = if self.bicubic {
+                x.f_internal_upsample_bicubic2d_aa(size, false, None, None)?
+            } else {
+                x.f_internal_upsample_bilinear2d_aa(size, false, None, None)?
+            };
+            x = x.f_clamp(0.0, 255.0)?.f_round()?;
+        }
+        Ok(x.f_sub(&self.mean)?.f_div(&self.std)?)
+    }
+}
+
+/// Reads an image file as an RGB uint8 tensor [3, H, W].
+pub fn load_rgb(path: &Path) -> ModelResult<Tensor> {
+    let img = image::open(path)
+        .map_err(|e| ModelError::Image {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let t = Tensor::f_from_data_size(img.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8)?;
+    Ok(t.f_permute([2, 0, 1])?.f_contiguous()?)
+}

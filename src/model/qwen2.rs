@@ -1,0 +1,280 @@
+//! Qwen2 decoder (the LLM of LLaVA-OneVision), after `transformers`'
+//! `models/qwen2/modeling_qwen2.py` and candle's `models/qwen2.rs`: RMSNorm, rotary
+//! embeddings, grouped-query attention with q/k/v biases, SwiGLU MLP, tied or untied
+//! LM head. Attention uses libtorch's fused `scaled_dot_product_attention`.
+//!
+//! Streaming entry point: [`Qwen2::forward`] runs a chunk of T input embeddings
+//! [T, hidden] at explicit positions against an [`AttnContext`] of C tokens (sinks,
+//! retrieved blocks, recent window — anything), attending to all C context tokens and
+//! causally within the chunk. It can return the chunk's per-layer keys *before* rotary
+//! and values (a [`KvSegment`]) for storage, and can append the chunk to the context
+//! (prefill followed by decode).
+
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, ModelResult};
+use crate::model::config::Qwen2Config;
+use crate::model::context::{AttnContext, KvSegment, LayerKv};
+use crate::model::rope::{apply_rotary, Rotary};
+use crate::model::weights::{Linear, Scope};
+
+/// Root-mean-square norm computed in fp32, as `Qwen2RMSNorm` does.
+#[derive(Debug)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(vb: &Scope, dim: i64, eps: f64) -> ModelResult<Self> {
+        Ok(Self {
+            weight: vb.get("weight", &[dim])?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
+        let dtype = x.kind();
+        let h = x.f_to_kind(Kind::Float)?;
+        let variance = h.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+        let h = h.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        Ok(self.weight.f_mul(&h.f_to_kind(dtype)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+}
+
+#[derive(Debug)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
+        let gate = self.gate_proj.forward(x).f_silu()?;
+        Ok(self
+            .down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(x))?))
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Options of one [`Qwen2::forward`] call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Append the chunk's rotated keys and values to the context.
+    pub append: bool,
+    /// Return the chunk's keys before rotary and values.
+    pub return_kv: bool,
+}
+
+/// Result of one [`Qwen2::forward`] call.
+#[derive(Debug)]
+pub struct ChunkOutput {
+    /// Final-normed hidden states, [T, hidden].
+    pub hidden: Tensor,
+    /// The chunk's KV, if asked for.
+    pub kv: Option<KvSegment>,
+}
+
+/// The Qwen2 decoder with its LM head.
+#[derive(Debug)]
+pub struct Qwen2 {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// [vocab, hidden]; the embedding matrix itself when tied.
+    lm_head: Tensor,
+    rotary: Rotary,
+    num_heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Qwen2 {
+    /// Loads from the scope holding `embed_tokens`, `layers`, `norm`; `lm_head` is the
+    /// full name of the head's weight (absent when tied).
+    pub fn load(
+        vb: &Scope,
+        lm_head: Option<&Scope>,
+        cfg: &Qwen2Config,
+        tied: bool,
+    ) -> ModelResult<Self> {
+        let h = cfg.hidden_size;
+        let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let embed_tokens = vb.pp("embed_tokens").get("weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+        for i in 0..cfg.num_hidden_layers {
+            let l = vb.pp("layers").pp(i);
+            let attn = l.pp("self_attn");
+            let mlp = l.pp("mlp");
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+                self_attn: Attention {
+                    q_proj: attn.pp("q_proj").linear(h, nh * hd, true)?,
+                    k_proj: attn.pp("k_proj").linear(h, kvh * hd, true)?,
+                    v_proj: attn.pp("v_proj").linear(h, kvh * hd, true)?,
+                    o_proj: attn.pp("o_proj").linear(nh * hd, h, false)?,
+                },
+                post_attention_layernorm: RmsNorm::load(
+                    &l.pp("post_attention_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: Mlp {
+                    gate_proj: mlp.pp("gate_proj").linear(h, cfg.intermediate_size, false)?,
+                    up_proj: mlp.pp("up_proj").linear(h, cfg.intermediate_size, false)?,
+                    down_proj: mlp.pp("down_proj").linear(cfg.intermediate_size, h, false)?,
+                },
+            });
+        }
+        let norm = RmsNorm::load(&vb.pp("norm"), h, cfg.rms_norm_eps)?;
+        let lm_head = match (tied, lm_head) {
+            (true, _) => embed_tokens.shallow_clone(),
+            (false, Some(head)) => head.get("weight", &[cfg.vocab_size, h])?,
+            (false, None) => {
+                return Err(ModelError::MissingTensor(
+                    "lm_head.weight (embeddings are not tied)".into(),
+                ))
+            }
+        };
+        let rotary = Rotary::new(hd, cfg.rope_theta(), embed_tokens.device())?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            num_heads: nh,
+            kv_heads: kvh,
+            head_dim: hd,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn rotary(&self) -> &Rotary {
+        &self.rotary
+    }
+
+    /// Token embeddings, [T, hidden], for ids [T] (int64).
+    pub fn embed(&self, ids: &Tensor) -> ModelResult<Tensor> {
+        Ok(Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?)
+    }
+
+    /// Logits in fp32, [T, vocab], from final-normed hidden states [T, hidden].
+    pub fn logits(&self, hidden: &Tensor) -> ModelResult<Tensor> {
+        Ok(hidden
+            .f_linear::<Tensor>(&self.lm_head, None)?
+            .f_to_kind(Kind::Float)?)
+    }
+
+    /// Runs `embeds` [T, hidden] at `positions` [T] (int64) against `ctx`.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        ctx: &mut AttnContext,
+        opts: ForwardOptions,
+    ) -> ModelResult<ChunkOutput> {
+        let t = embeds.size()[0];
+        if positions.size() != [t] {
+            return Err(ModelError::InvalidInput(format!(
+                "{t} embeddings given positions of shape {:?}",
+                positions.size()
+            )));
+        }
+        if ctx.layers.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "context has {} layers, decoder {}",
+                ctx.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let c = ctx.len();
+        let dtype = embeds.kind();
+        let (cos, sin) = self.rotary.cos_sin(positions, dtype)?;
+        // Chunk tokens see every context token and, causally, each other.
+        let mask = if t == 1 || c == 0 {
+            None
+        } else {
+            let causal = Tensor::f_ones([t, t], (Kind::Bool, embeds.device()))?.f_tril(0)?;
+            let visible = Tensor::f_ones([t, c], (Kind::Bool, embeds.device()))?;
+            Some(Tensor::f_cat(&[&visible, &causal], 1)?)
+        };
+        let is_causal = c == 0 && t > 1;
+        let mut x = embeds.f_unsqueeze(0)?;
+        let mut kv_out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x)?;
+            let attn = &layer.self_attn;
+            let split = |lin: &Linear, heads: i64| -> ModelResult<Tensor> {
+                Ok(lin
+                    .forward(&h)
+                    .f_view([1, t, heads, self.head_dim])?
+                    .f_transpose(1, 2)?)
+            };
+            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
+            let k_raw = split(&attn.k_proj, self.kv_heads)?;
+            let v = split(&attn.v_proj, self.kv_heads)?;
+            let k = apply_rotary(&k_raw, &cos, &sin)?;
+            if opts.return_kv {
+                kv_out.push(LayerKv {
+                    keys: k_raw.f_squeeze_dim(0)?,
+                    values: v.f_squeeze_dim(0)?,
+                });
+            }
+            let (keys, values) = match ctx.layer(i) {
+                Some(prev) => (
+                    Tensor::f_cat(&[&prev.keys, &k], 2)?,
+                    Tensor::f_cat(&[&prev.values, &v], 2)?,
+                ),
+                None => (k.shallow_clone(), v.shallow_clone()),
+            };
+            let out = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &keys,
+                &values,
+                mask.as_ref(),
+                0.0,
+                is_causal,
+                None,
+                self.kv_heads != self.num_heads,
+            )?;
+            if opts.append {
+                ctx.append_layer(i, k, v)?;
+            }
+            let out = out
+                .f_transpose(1, 2)?
+                .f_reshape([1, t, self.num_heads * self.head_dim])?;
+            x = x.f_add(&attn.o_proj.forward(&out))?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = x.f_add(&layer.mlp.forward(&h)?)?;
+        }
+        if opts.append {
+            ctx.grow(t);
+        }
+        let hidden = self.norm.forward(&x)?.f_squeeze_dim(0)?;
+        Ok(ChunkOutput {
+            hidden,
+            kv: opts.return_kv.then_some(KvSegment { layers: kv_out }),
+        })
+    }
+}
