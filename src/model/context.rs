@@ -166,6 +166,16 @@ impl AttnContext {
         self.len += tokens;
     }
 
+    /// Rotated keys of `layer`, [1, kv_heads, C, head_dim]; `None` while empty.
+    pub fn keys(&self, layer: usize) -> Option<&Tensor> {
+        self.layer(layer).map(|l| &l.keys)
+    }
+
+    /// Values of `layer`, [1, kv_heads, C, head_dim]; `None` while empty.
+    pub fn values(&self, layer: usize) -> Option<&Tensor> {
+        self.layer(layer).map(|l| &l.values)
+    }
+
     pub(crate) fn layer(&self, layer: usize) -> Option<&LayerContext> {
         self.layers.get(layer).and_then(Option::as_ref)
     }

@@ -68,6 +68,26 @@ impl FramePreprocessor {
         (self.height, self.width)
     }
 
+    /// Resizes uint8 frames as torchvision's `resize` does: on CPU, libtorch's native
+    /// uint8 antialiased kernels; elsewhere in fp32, clamped and rounded back to uint8.
+    fn resize(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        let size = [self.height, self.width];
+        let interpolate = |x: &Tensor| -> ModelResult<Tensor> {
+            Ok(if self.bicubic {
+                x.f_internal_upsample_bicubic2d_aa(size, false, None, None)?
+            } else {
+                x.f_internal_upsample_bilinear2d_aa(size, false, None, None)?
+            })
+        };
+        if frames.device() == Device::Cpu {
+            return interpolate(frames);
+        }
+        Ok(interpolate(&frames.f_to_kind(Kind::Float)?)?
+            .f_clamp(0.0, 255.0)?
+            .f_round()?
+            .f_to_kind(Kind::Uint8)?)
+    }
+
     /// Pixel values for frames [N, 3, H, W] uint8.
     pub fn process(&self, frames: &Tensor) -> ModelResult<Tensor> {
         let dims = frames.size();
@@ -78,16 +98,13 @@ impl FramePreprocessor {
                 dims
             )));
         }
-        let mut x = frames.f_to_device(self.mean.device())?.f_to_kind(Kind::Float)?;
-        if self.resize && (dims[2], dims[3]) != (self.height, self.width) {
-            let size = [self.height, self.width];
-            x = if self.bicubic {
-                x.f_internal_upsample_bicubic2d_aa(size, false, None, None)?
-            } else {
-                x.f_internal_upsample_bilinear2d_aa(size, false, None, None)?
-            };
-            x = x.f_clamp(0.0, 255.0)?.f_round()?;
-        }
+        let frames = frames.f_to_device(self.mean.device())?;
+        let x = if self.resize && (dims[2], dims[3]) != (self.height, self.width) {
+            self.resize(&frames)?
+        } else {
+            frames
+        };
+        let x = x.f_to_kind(Kind::Float)?;
         Ok(x.f_sub(&self.mean)?.f_div(&self.std)?)
     }
 }
