@@ -17,7 +17,11 @@ use crate::model::preprocess::load_rgb;
 use crate::model::{LlavaOnevision, ModelOptions, Precision};
 
 #[derive(Parser, Debug)]
-#[command(name = "vstreamd", version, about = "Streaming video understanding daemon")]
+#[command(
+    name = "vstreamd",
+    version,
+    about = "Streaming video understanding daemon"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -31,7 +31,11 @@ fn prompt_ids_and_fp32_logits_match_at_every_position() {
         let model = load(name, Precision::F32);
         let gold = golden(name);
         let (ids, embeds) = prompt_embeddings(&model, &frames(name, "frames"));
-        assert_eq!(ids, Vec::<i64>::try_from(&gold["input_ids"]).unwrap(), "{name}: input ids");
+        assert_eq!(
+            ids,
+            Vec::<i64>::try_from(&gold["input_ids"]).unwrap(),
+            "{name}: input ids"
+        );
         let (_, logits) = model.generate_greedy(&embeds, 1, &[]).unwrap();
         let diff = max_abs_diff(&logits, &gold["logits"]);
         assert!(diff <= F32_TOL, "{name}: fp32 logits differ by {diff}");
@@ -76,7 +80,11 @@ fn resized_frames_match_within_one_pixel_level() {
         let gold = golden(name);
         let odd = frames(name, "frames_odd");
         let (_, _, h, w) = odd.size4().unwrap();
-        assert_ne!((h, w), model.preprocessor.size(), "fixture frames must need resizing");
+        assert_ne!(
+            (h, w),
+            model.preprocessor.size(),
+            "fixture frames must need resizing"
+        );
         let pixels = model.preprocessor.process(&odd).unwrap();
         let one_level = 1.0 / 255.0 / 0.26130258 + 1e-5;
         let diff = max_abs_diff(&pixels, &gold["pixel_values_videos_odd"]);
@@ -84,6 +92,9 @@ fn resized_frames_match_within_one_pixel_level() {
         let (_, embeds) = prompt_embeddings(&model, &odd);
         let (_, logits) = model.generate_greedy(&embeds, 1, &[]).unwrap();
         let diff = max_abs_diff(&logits, &gold["odd_logits"]);
-        assert!(diff <= 1e-2, "{name}: logits of resized frames differ by {diff}");
+        assert!(
+            diff <= 1e-2,
+            "{name}: logits of resized frames differ by {diff}"
+        );
     }
 }

@@ -308,7 +308,10 @@ impl LlavaOnevisionConfig {
                 "text_config.use_sliding_window (Qwen2's built-in window); vstreamd windows by frames instead".into(),
             ));
         }
-        if !matches!(self.vision_feature_select_strategy.as_str(), "full" | "default") {
+        if !matches!(
+            self.vision_feature_select_strategy.as_str(),
+            "full" | "default"
+        ) {
             return bad(format!(
                 "vision_feature_select_strategy `{}` (expected `full` or `default`)",
                 self.vision_feature_select_strategy

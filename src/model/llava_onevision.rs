@@ -42,7 +42,11 @@ impl Layout {
             candidates
                 .iter()
                 .find(|c| {
-                    let name = if c.is_empty() { probe.to_owned() } else { format!("{c}.{probe}") };
+                    let name = if c.is_empty() {
+                        probe.to_owned()
+                    } else {
+                        format!("{c}.{probe}")
+                    };
                     store.contains(&name)
                 })
                 .map(|c| c.to_string())
@@ -62,7 +66,11 @@ impl Layout {
             "linear_1.weight",
         )?;
         let text = find(
-            &["language_model.model", "model.language_model", "language_model"],
+            &[
+                "language_model.model",
+                "model.language_model",
+                "language_model",
+            ],
             "embed_tokens.weight",
         )?;
         let newline = if store.contains("model.image_newline") {
@@ -143,7 +151,8 @@ impl LlavaOnevision {
         let projector = (
             proj.pp("linear_1").linear(features, t.hidden_size, bias)?,
             act,
-            proj.pp("linear_2").linear(t.hidden_size, t.hidden_size, bias)?,
+            proj.pp("linear_2")
+                .linear(t.hidden_size, t.hidden_size, bias)?,
         );
         let image_newline = root.get(&layout.newline, &[t.hidden_size])?;
         let tied = config.tied_embeddings();
@@ -156,8 +165,11 @@ impl LlavaOnevision {
         store.finish()?;
         let parameters = store.parameter_count(tied.then_some(layout.lm_head.as_str()));
         let text = TextProcessor::load(dir, config.video_token_index)?;
-        let preprocessor =
-            FramePreprocessor::new(&VideoPreprocessorConfig::load(dir)?, v.image_size, opts.device)?;
+        let preprocessor = FramePreprocessor::new(
+            &VideoPreprocessorConfig::load(dir)?,
+            v.image_size,
+            opts.device,
+        )?;
         Ok(Self {
             config,
             vision,
@@ -266,7 +278,10 @@ impl LlavaOnevision {
             0,
         )?;
         let mask = ids_t.f_eq(self.text.video_token_id())?;
-        let placeholders = ids.iter().filter(|&&i| i == self.text.video_token_id()).count() as i64;
+        let placeholders = ids
+            .iter()
+            .filter(|&&i| i == self.text.video_token_id())
+            .count() as i64;
         if placeholders != video.size()[0] {
             return Err(ModelError::InvalidInput(format!(
                 "{placeholders} video tokens in the prompt for {} video embeddings",

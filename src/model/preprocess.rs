@@ -23,7 +23,11 @@ pub struct FramePreprocessor {
 }
 
 impl FramePreprocessor {
-    pub fn new(cfg: &VideoPreprocessorConfig, tower_size: i64, device: Device) -> ModelResult<Self> {
+    pub fn new(
+        cfg: &VideoPreprocessorConfig,
+        tower_size: i64,
+        device: Device,
+    ) -> ModelResult<Self> {
         let (height, width) = cfg.target_size(tower_size);
         if (height, width) != (tower_size, tower_size) {
             return Err(ModelError::InvalidConfig(format!(
@@ -49,10 +53,16 @@ impl FramePreprocessor {
             mean = vec![0.0; 3];
             std = vec![1.0; 3];
         }
-        let scale = if cfg.do_rescale { cfg.rescale_factor } else { 1.0 };
+        let scale = if cfg.do_rescale {
+            cfg.rescale_factor
+        } else {
+            1.0
+        };
         let folded = |v: &[f64]| -> ModelResult<Tensor> {
             let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
-            Ok(Tensor::from_slice(&v).f_view([1, 3, 1, 1])?.f_to_device(device)?)
+            Ok(Tensor::from_slice(&v)
+                .f_view([1, 3, 1, 1])?
+                .f_to_device(device)?)
         };
         Ok(Self {
             height,

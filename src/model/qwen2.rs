@@ -36,7 +36,9 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
         let dtype = x.kind();
         let h = x.f_to_kind(Kind::Float)?;
-        let variance = h.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+        let variance = h
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
         let h = h.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         Ok(self.weight.f_mul(&h.f_to_kind(dtype)?)?)
     }
@@ -137,9 +139,13 @@ impl Qwen2 {
                     cfg.rms_norm_eps,
                 )?,
                 mlp: Mlp {
-                    gate_proj: mlp.pp("gate_proj").linear(h, cfg.intermediate_size, false)?,
+                    gate_proj: mlp
+                        .pp("gate_proj")
+                        .linear(h, cfg.intermediate_size, false)?,
                     up_proj: mlp.pp("up_proj").linear(h, cfg.intermediate_size, false)?,
-                    down_proj: mlp.pp("down_proj").linear(cfg.intermediate_size, h, false)?,
+                    down_proj: mlp
+                        .pp("down_proj")
+                        .linear(cfg.intermediate_size, h, false)?,
                 },
             });
         }
@@ -176,7 +182,13 @@ impl Qwen2 {
 
     /// Token embeddings, [T, hidden], for ids [T] (int64).
     pub fn embed(&self, ids: &Tensor) -> ModelResult<Tensor> {
-        Ok(Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?)
+        Ok(Tensor::f_embedding(
+            &self.embed_tokens,
+            ids,
+            -1,
+            false,
+            false,
+        )?)
     }
 
     /// Logits in fp32, [T, vocab], from final-normed hidden states [T, hidden].

@@ -29,7 +29,10 @@ impl Rotary {
             .f_unsqueeze(-1)?
             .f_mul(&self.inv_freq.f_unsqueeze(0)?)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        Ok((emb.f_cos()?.f_to_kind(dtype)?, emb.f_sin()?.f_to_kind(dtype)?))
+        Ok((
+            emb.f_cos()?.f_to_kind(dtype)?,
+            emb.f_sin()?.f_to_kind(dtype)?,
+        ))
     }
 }
 

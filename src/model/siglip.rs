@@ -54,12 +54,15 @@ impl SiglipVisionTower {
         let needed = feature_layers.iter().copied().max().unwrap_or(0);
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
-        let patch_weight = emb
-            .pp("patch_embedding")
-            .get("weight", &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?;
+        let patch_weight = emb.pp("patch_embedding").get(
+            "weight",
+            &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size],
+        )?;
         let patch_bias = emb.pp("patch_embedding").get("bias", &[d])?;
         let num_patches = cfg.grid() * cfg.grid();
-        let position_embedding = emb.pp("position_embedding").get("weight", &[num_patches, d])?;
+        let position_embedding = emb
+            .pp("position_embedding")
+            .get("weight", &[num_patches, d])?;
         let mut layers = Vec::with_capacity(needed);
         for i in 0..needed {
             let l = vb.pp("encoder").pp("layers").pp(i);
@@ -71,8 +74,14 @@ impl SiglipVisionTower {
                 v_proj: attn.pp("v_proj").linear(d, d, true)?,
                 out_proj: attn.pp("out_proj").linear(d, d, true)?,
                 layer_norm2: l.pp("layer_norm2").layer_norm(d, cfg.layer_norm_eps)?,
-                fc1: l.pp("mlp").pp("fc1").linear(d, cfg.intermediate_size, true)?,
-                fc2: l.pp("mlp").pp("fc2").linear(cfg.intermediate_size, d, true)?,
+                fc1: l
+                    .pp("mlp")
+                    .pp("fc1")
+                    .linear(d, cfg.intermediate_size, true)?,
+                fc2: l
+                    .pp("mlp")
+                    .pp("fc2")
+                    .linear(cfg.intermediate_size, d, true)?,
             });
         }
         let act = Activation::parse(&cfg.hidden_act)
@@ -116,8 +125,7 @@ impl SiglipVisionTower {
             .f_flatten(2, 3)?
             .f_transpose(1, 2)?
             .f_add(&self.position_embedding.f_unsqueeze(0)?)?;
-        let mut selected: Vec<Option<Tensor>> =
-            self.feature_layers.iter().map(|_| None).collect();
+        let mut selected: Vec<Option<Tensor>> = self.feature_layers.iter().map(|_| None).collect();
         let take = |selected: &mut Vec<Option<Tensor>>, idx: usize, x: &Tensor| {
             for (slot, &want) in selected.iter_mut().zip(&self.feature_layers) {
                 if want == idx {

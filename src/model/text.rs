@@ -58,12 +58,15 @@ impl TextProcessor {
         let source = find_chat_template(dir, &tokenizer_config)?;
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, strip_generation_markers(&source))
             .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
@@ -169,8 +172,13 @@ fn find_chat_template(dir: &Path, tokenizer_config: &Value) -> ModelResult<Strin
     match tokenizer_config.get("chat_template") {
         Some(Value::String(t)) => return Ok(t.clone()),
         Some(Value::Array(list)) => {
-            let named = list.iter().find(|t| t.get("name") == Some(&Value::from("default")));
-            if let Some(t) = named.and_then(|t| t.get("template")).and_then(Value::as_str) {
+            let named = list
+                .iter()
+                .find(|t| t.get("name") == Some(&Value::from("default")));
+            if let Some(t) = named
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+            {
                 return Ok(t.to_owned());
             }
         }

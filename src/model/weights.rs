@@ -140,7 +140,8 @@ impl WeightStore {
     /// Errors if the checkpoint holds tensors nothing asked for.
     pub fn finish(&self) -> ModelResult<()> {
         let used = self.used.borrow();
-        let mut unknown: Vec<&String> = self.entries.keys().filter(|n| !used.contains(*n)).collect();
+        let mut unknown: Vec<&String> =
+            self.entries.keys().filter(|n| !used.contains(*n)).collect();
         unknown.sort();
         match unknown.first() {
             None => Ok(()),
