@@ -82,3 +82,44 @@ impl ModelError {
 }
 
 pub type ModelResult<T> = Result<T, ModelError>;
+
+/// Errors of ingest (`crate::ingest`): parsing a source, building and running its
+/// GStreamer pipeline. Bus errors are mapped onto these by GStreamer error domain.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum IngestError {
+    #[error("unknown URI scheme `{0}` (rtsp, file, v4l2, test)")]
+    UnknownScheme(String),
+    #[error("invalid URI: {0}")]
+    InvalidUri(String),
+    #[error("invalid stream config: {0}")]
+    InvalidConfig(String),
+    #[error("file not found: {0}")]
+    NotFound(PathBuf),
+    #[error("source unreachable: {0}")]
+    Unreachable(String),
+    #[error("not authorized by the source: {0}")]
+    Unauthorized(String),
+    #[error("cannot decode the stream: {0}")]
+    Decode(String),
+    #[error("no frame for {0:?}")]
+    Stalled(std::time::Duration),
+    #[error("GStreamer: {0}")]
+    Pipeline(String),
+}
+
+impl IngestError {
+    /// Stable label for metrics and structured logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            IngestError::UnknownScheme(_) => "unknown_scheme",
+            IngestError::InvalidUri(_) => "invalid_uri",
+            IngestError::InvalidConfig(_) => "invalid_config",
+            IngestError::NotFound(_) => "not_found",
+            IngestError::Unreachable(_) => "unreachable",
+            IngestError::Unauthorized(_) => "unauthorized",
+            IngestError::Decode(_) => "decode",
+            IngestError::Stalled(_) => "stalled",
+            IngestError::Pipeline(_) => "pipeline",
+        }
+    }
+}

@@ -8,8 +8,13 @@
 //! - [`error`]: typed errors per layer with stable metric labels.
 //! - [`model`]: Hugging Face Video-LLM checkpoints in libtorch (LLaVA-OneVision):
 //!   loading, preprocessing, vision tower, decoder with explicit KV contexts.
+//! - [`ingest`]: GStreamer sources → sampled, timestamped RGB frames in a bounded
+//!   queue, with reconnection.
+//! - [`metrics`]: metric names and descriptions.
 //! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
 
 pub mod cli;
 pub mod error;
+pub mod ingest;
+pub mod metrics;
 pub mod model;
