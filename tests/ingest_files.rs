@@ -136,7 +136,8 @@ fn resize_modes_fit_the_output_size() {
     }
 }
 
-fn wait_failed(config: StreamConfig) -> IngestError {
+fn wait_failed(mut config: StreamConfig) -> IngestError {
+    config.stall_timeout = Duration::from_secs(5);
     let handle = ingest::spawn(config).unwrap();
     let status = handle
         .wait_for(GENEROUS, |s| s.state.is_final())
@@ -165,6 +166,7 @@ fn bad_files_give_typed_errors() {
     )
     .unwrap();
     let e = wait_failed(file_config(&garbage, 1.0, 32, 32));
+    println!("garbage: {e}");
     assert!(matches!(e, IngestError::Decode(_)), "garbage: {e:?}");
 
     // mp4mux writes the index at the end: a file cut short has none.
@@ -174,6 +176,7 @@ fn bad_files_give_typed_errors() {
     let truncated = dir.path().join("truncated.mp4");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let e = wait_failed(file_config(&truncated, 1.0, 32, 32));
+    println!("truncated: {e}");
     assert!(matches!(e, IngestError::Decode(_)), "truncated: {e:?}");
 }
 

@@ -428,24 +428,38 @@ pub(crate) fn run_session(
                     if first {
                         shared.set_state(StreamState::Live);
                     }
-                    metrics::counter!(names::INGEST_FRAMES_SAMPLED, "stream" => shared.id.to_string()).increment(1);
-                    shared.update(|s| s.frames_sampled += 1);
-                    match tx.push(frame, || !shared.stopping()) {
-                        Pushed::Queued => {}
-                        Pushed::DroppedOldest(n) => {
-                            metrics::counter!(names::INGEST_FRAMES_DROPPED, "stream" => shared.id.to_string())
-                                .increment(n as u64);
-                            shared.update(|s| s.frames_dropped += n as u64);
-                        }
+                    // Counted once queued, so a status never promises a frame the
+                    // queue does not hold yet.
+                    let dropped = match tx.push(frame, || !shared.stopping()) {
+                        Pushed::Queued => 0,
+                        Pushed::DroppedOldest(n) => n as u64,
                         Pushed::Closed => return Err(gst::FlowError::Flushing),
+                    };
+                    let stream = shared.id.to_string();
+                    metrics::counter!(names::INGEST_FRAMES_SAMPLED, "stream" => stream.clone())
+                        .increment(1);
+                    if dropped > 0 {
+                        metrics::counter!(names::INGEST_FRAMES_DROPPED, "stream" => stream)
+                            .increment(dropped);
                     }
+                    shared.update(|s| {
+                        s.frames_sampled += 1;
+                        s.frames_dropped += dropped;
+                    });
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
         );
     }
 
-    let end = drive(&pipeline, config, shared, &last_frame_at, &delivered);
+    let end = drive(
+        &pipeline,
+        config,
+        shared,
+        &last_frame_at,
+        &delivered,
+        &decoded,
+    );
     if let Err(e) = pipeline.set_state(gst::State::Null) {
         tracing::warn!(stream = %shared.id, error = ?e, "stopping the pipeline");
     }
@@ -465,6 +479,7 @@ fn drive(
     shared: &Shared,
     last_frame_at: &Mutex<Instant>,
     delivered: &AtomicU64,
+    decoded: &AtomicU64,
 ) -> SessionEnd {
     let Some(bus) = pipeline.bus() else {
         return SessionEnd::Error(err("pipeline without a bus"));
@@ -511,6 +526,18 @@ fn drive(
         };
         if live && since > limit {
             return SessionEnd::Error(IngestError::Stalled(since));
+        }
+        // A file that yields no video at all (a container whose demuxer neither errors
+        // nor ends) fails instead of hanging; once frames flow, a slow consumer may
+        // legitimately hold a file back for as long as it likes.
+        if !live
+            && delivered.load(Ordering::Relaxed) == 0
+            && decoded.load(Ordering::Relaxed) == 0
+            && since > limit
+        {
+            return SessionEnd::Error(IngestError::Decode(format!(
+                "no video decoded in {since:?}"
+            )));
         }
     }
 }
