@@ -6,9 +6,11 @@
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
-    let lib_dir = std::env::var("LIBTORCH_LIB")
-        .ok()
-        .or_else(|| std::env::var("LIBTORCH").ok().map(|root| format!("{root}/lib")));
+    let lib_dir = std::env::var("LIBTORCH_LIB").ok().or_else(|| {
+        std::env::var("LIBTORCH")
+            .ok()
+            .map(|root| format!("{root}/lib"))
+    });
     if let Some(dir) = lib_dir {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
