@@ -123,3 +123,70 @@ impl IngestError {
         }
     }
 }
+
+/// Errors of the KV store (`crate::kv`): compression, the RAM tier and the disk tier.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("tensor holds NaN or infinite values ({0})")]
+    NonFinite(&'static str),
+    #[error("invalid block: {0}")]
+    InvalidBlock(String),
+    #[error("disk full writing {path}")]
+    DiskFull { path: PathBuf },
+    #[error("permission denied on {path}")]
+    PermissionDenied { path: PathBuf },
+    #[error("corrupt record in {path} at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path}: format version {found}, this build reads {supported}")]
+    VersionMismatch {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("block {0} not found")]
+    NotFound(u64),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl KvError {
+    /// Stable label for metrics and structured logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            KvError::NonFinite(_) => "non_finite",
+            KvError::InvalidBlock(_) => "invalid_block",
+            KvError::DiskFull { .. } => "disk_full",
+            KvError::PermissionDenied { .. } => "permission_denied",
+            KvError::Corrupt { .. } => "corrupt",
+            KvError::VersionMismatch { .. } => "version_mismatch",
+            KvError::Io { .. } => "io",
+            KvError::NotFound(_) => "not_found",
+            KvError::Torch(_) => "torch",
+        }
+    }
+
+    /// Maps an I/O error on `path` to the typed kinds (disk full, permission denied).
+    pub fn from_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        // ENOSPC (28), EDQUOT (122) and EFBIG (27, a file-size limit) all mean "no room".
+        match source.raw_os_error() {
+            Some(28) | Some(122) | Some(27) => return KvError::DiskFull { path },
+            _ => {}
+        }
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => KvError::PermissionDenied { path },
+            std::io::ErrorKind::StorageFull => KvError::DiskFull { path },
+            _ => KvError::Io { path, source },
+        }
+    }
+}

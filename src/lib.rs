@@ -10,11 +10,13 @@
 //!   loading, preprocessing, vision tower, decoder with explicit KV contexts.
 //! - [`ingest`]: GStreamer sources → sampled, timestamped RGB frames in a bounded
 //!   queue, with reconnection.
+//! - [`kv`]: compressed KV blocks in a RAM tier and a crash-safe disk tier.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
 
 pub mod cli;
 pub mod error;
 pub mod ingest;
+pub mod kv;
 pub mod metrics;
 pub mod model;

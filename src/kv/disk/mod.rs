@@ -1,0 +1,1 @@
+//! Disk tier (being written).
