@@ -4,6 +4,17 @@
 //! lacks).
 //!
 //! # Layout
+//! - [`quant`]: KIVI-style int8/int4 quantisation (keys per channel, values per token).
+//! - [`block`]: [`Block`] (one frame's KV, keys before rotary, representative keys) and
+//!   its stored form [`CompressedBlock`].
+//! - [`ram`]: the RAM tier, LRU under a byte budget.
 //! - [`disk`]: per-stream append-only segment files: checksummed records, recovery,
 //!   retention, durability.
+pub mod block;
 pub mod disk;
+pub mod quant;
+pub mod ram;
+
+pub use block::{Block, BlockMeta, CompressedBlock};
+pub use quant::Quant;
+pub use ram::RamTier;

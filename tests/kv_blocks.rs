@@ -1,0 +1,154 @@
+//! Blocks: compression formats, their error and size, serialisation, and the RAM tier.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tch::{Device, Kind, Tensor};
+use vstreamd::error::KvError;
+use vstreamd::kv::{Block, CompressedBlock, Quant, RamTier};
+use vstreamd::model::{KvSegment, LayerKv};
+
+/// A block shaped like LLaVA-OneVision-0.5B's (`layers` × 2 KV heads × 196 tokens × 64),
+/// keys with a few outlier channels as real keys have.
+fn block(seq: u64, layers: usize, seed: i64) -> Block {
+    tch::manual_seed(seed);
+    let kv = KvSegment {
+        layers: (0..layers)
+            .map(|_| {
+                let keys = Tensor::randn([2, 196, 64], (Kind::Float, Device::Cpu));
+                let _ = keys.narrow(2, 5, 2).f_mul_scalar_(12.0).unwrap();
+                LayerKv {
+                    keys,
+                    values: Tensor::randn([2, 196, 64], (Kind::Float, Device::Cpu)) * 0.5,
+                }
+            })
+            .collect(),
+    };
+    Block::new(seq, Duration::from_secs(seq), SystemTime::now(), kv).unwrap()
+}
+
+fn max_err(a: &KvSegment, b: &KvSegment) -> (f64, f64) {
+    let mut k: f64 = 0.0;
+    let mut v: f64 = 0.0;
+    for (x, y) in a.layers.iter().zip(&b.layers) {
+        k = k.max((&x.keys - &y.keys).abs().max().double_value(&[]));
+        v = v.max((&x.values - &y.values).abs().max().double_value(&[]));
+    }
+    (k, v)
+}
+
+#[test]
+fn representative_keys_are_per_layer_means_of_keys() {
+    let b = block(0, 3, 1);
+    assert_eq!(b.rep_keys.size(), [3, 128]);
+    let expected = b.kv.layers[1]
+        .keys
+        .mean_dim(1, false, Kind::Float)
+        .reshape([-1]);
+    assert!((b.rep_keys.get(1) - expected).abs().max().double_value(&[]) < 1e-6);
+}
+
+#[test]
+fn each_format_round_trips_within_its_bound_and_size() {
+    let b = block(7, 24, 2);
+    let fp16 = b.fp16_bytes() as f64;
+    // Per-group bounds: scale/2 = range/(2·levels); key ranges reach ~±12·4.5, values ±2.5.
+    for (quant, key_tol, value_tol, max_ratio) in [
+        (Quant::F16, 0.02, 2e-3, 1.0),
+        (Quant::Bf16, 0.2, 0.01, 1.0),
+        (
+            Quant::Int8,
+            108.0 / 255.0 / 2.0 + 1e-3,
+            5.5 / 255.0 / 2.0 + 1e-3,
+            0.6,
+        ),
+        (
+            Quant::Int4,
+            108.0 / 15.0 / 2.0 + 1e-3,
+            5.5 / 15.0 / 2.0 + 1e-3,
+            0.3,
+        ),
+    ] {
+        let c = CompressedBlock::compress(&b, quant).unwrap();
+        let back = c.to_segment(Device::Cpu, Kind::Float).unwrap();
+        let (k, v) = max_err(&b.kv, &back);
+        let ratio = c.kv_bytes() as f64 / fp16;
+        println!(
+            "{quant:?}: {} bytes ({ratio:.3} of fp16), max error keys {k:.4} values {v:.4}",
+            c.kv_bytes()
+        );
+        assert!(k <= key_tol && v <= value_tol, "{quant:?}: errors {k} {v}");
+        assert!(ratio <= max_ratio, "{quant:?}: ratio {ratio}");
+        assert_eq!(c.meta, b.meta);
+        let parsed = CompressedBlock::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(parsed, c, "{quant:?}: serialisation round trip");
+    }
+}
+
+#[test]
+fn non_finite_kv_is_refused() {
+    let b = block(0, 2, 3);
+    let _ = b.kv.layers[1].values.get(0).get(3).get(4).fill_(f64::NAN);
+    for quant in [Quant::F16, Quant::Int8, Quant::Int4] {
+        assert!(matches!(
+            CompressedBlock::compress(&b, quant),
+            Err(KvError::NonFinite("values"))
+        ));
+    }
+}
+
+#[test]
+fn malformed_serialised_blocks_are_errors() {
+    let c = CompressedBlock::compress(&block(0, 2, 4), Quant::Int4).unwrap();
+    let bytes = c.to_bytes();
+    for cut in [0, 10, 41, bytes.len() - 1] {
+        assert!(
+            matches!(
+                CompressedBlock::from_bytes(&bytes[..cut]),
+                Err(KvError::InvalidBlock(_))
+            ),
+            "cut {cut}"
+        );
+    }
+    let mut bad = bytes.clone();
+    bad[40] = 9; // unknown quantisation code
+    assert!(CompressedBlock::from_bytes(&bad).is_err());
+    let mut bad = bytes;
+    bad[28] = 200; // layer count that does not match the length
+    assert!(CompressedBlock::from_bytes(&bad).is_err());
+}
+
+#[test]
+fn ram_tier_keeps_the_budget_and_evicts_least_recently_used() {
+    let blocks: Vec<Arc<CompressedBlock>> = (0..6)
+        .map(|i| Arc::new(CompressedBlock::compress(&block(i, 2, i as i64), Quant::Int8).unwrap()))
+        .collect();
+    let one = blocks[0].heap_bytes() + 200;
+    let mut ram = RamTier::new(Arc::from("s"), 3 * one);
+    for b in &blocks[..3] {
+        assert!(ram.insert(b.clone()).is_empty());
+    }
+    assert!(ram.get(0).is_some()); // 0 becomes most recent
+    assert_eq!(ram.insert(blocks[3].clone()), vec![1]);
+    assert_eq!(ram.insert(blocks[4].clone()), vec![2]);
+    assert_eq!(ram.seqs(), vec![4, 3, 0]);
+    assert!(ram.bytes() <= ram.budget());
+    // Accounting equals the blocks' own heap bytes plus a fixed per-entry overhead.
+    let own: usize = [0usize, 3, 4].iter().map(|&i| blocks[i].heap_bytes()).sum();
+    assert!(ram.bytes() >= own && ram.bytes() <= own + 3 * 128);
+    ram.remove(3);
+    assert_eq!(ram.len(), 2);
+    // A block larger than the whole budget does not stay.
+    let mut tiny = RamTier::new(Arc::from("s"), 10);
+    assert_eq!(tiny.insert(blocks[5].clone()), vec![5]);
+    assert!(tiny.is_empty());
+}
+
+#[test]
+fn similarity_flags_near_duplicates() {
+    let a = CompressedBlock::compress(&block(0, 2, 11), Quant::Int8).unwrap();
+    let same = CompressedBlock::compress(&block(1, 2, 11), Quant::Int8).unwrap();
+    let other = CompressedBlock::compress(&block(2, 2, 12), Quant::Int8).unwrap();
+    assert!(a.similarity(&same) > 0.999);
+    assert!(a.similarity(&other) < 0.9);
+}
