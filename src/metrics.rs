@@ -67,7 +67,11 @@ pub fn describe() {
     describe_counter!(KV_EVICTIONS, "Blocks evicted from the RAM tier");
     describe_counter!(KV_SPILLS, "Blocks appended to the disk tier");
     describe_counter!(KV_RELOADS, "Block loads by tier they were found in");
-    describe_histogram!(KV_RELOAD_LATENCY, Unit::Seconds, "Latency of loading a block");
+    describe_histogram!(
+        KV_RELOAD_LATENCY,
+        Unit::Seconds,
+        "Latency of loading a block"
+    );
     describe_counter!(KV_CORRUPT_RECORDS, "Corrupt records detected and skipped");
     describe_counter!(KV_TORN_TAILS, "Torn segment tails truncated on recovery");
     describe_counter!(KV_RETENTION_DELETES, "Segments deleted by retention");
