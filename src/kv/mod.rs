@@ -8,13 +8,17 @@
 //! - [`block`]: [`Block`] (one frame's KV, keys before rotary, representative keys) and
 //!   its stored form [`CompressedBlock`].
 //! - [`ram`]: the RAM tier, LRU under a byte budget.
+//! - [`store`]: one stream's store over both tiers, with the block index and the
+//!   representative keys retrieval scans.
 //! - [`disk`]: per-stream append-only segment files: checksummed records, recovery,
 //!   retention, durability.
 pub mod block;
 pub mod disk;
 pub mod quant;
 pub mod ram;
+pub mod store;
 
 pub use block::{Block, BlockMeta, CompressedBlock};
 pub use quant::Quant;
 pub use ram::RamTier;
+pub use store::{Appended, KvStore, StoreConfig, Tier};

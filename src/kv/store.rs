@@ -1,0 +1,400 @@
+//! One stream's KV store: the owner of its RAM tier, its disk tier and the index of
+//! every block it can serve (TGI's habit: one owner, others ask it). Blocks are
+//! compressed once, kept in RAM under a byte budget, and appended to the disk tier;
+//! a block evicted from RAM is reloaded from disk when a question needs it.
+//!
+//! Representative keys (what retrieval scans) of every block stay in RAM under their
+//! own budget; past it, the oldest are read from disk when scanned.
+//!
+//! A disk that fills up first gives way to retention (whole oldest segments go); if
+//! that frees nothing the store degrades to RAM-only, says so in a metric, and keeps
+//! going — it never stops the daemon.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::block::{Block, BlockMeta, CompressedBlock};
+use super::disk::{DiskConfig, DiskReader, DiskTier, RecordMeta, RecoveryReport};
+use super::quant::Quant;
+use super::ram::RamTier;
+use crate::error::KvError;
+use crate::metrics as names;
+
+/// Settings of one stream's store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub quant: Quant,
+    /// Budget of the RAM tier (compressed blocks).
+    pub ram_budget_bytes: usize,
+    /// Budget of representative keys held in RAM.
+    pub rep_key_budget_bytes: usize,
+    /// Drop a block whose representative keys have at least this cosine similarity with
+    /// the previous stored block's (static cameras). `None` keeps every block.
+    pub dedup_threshold: Option<f32>,
+    /// The disk tier; `None` keeps blocks in RAM only.
+    pub disk: Option<DiskConfig>,
+}
+
+/// Where a loaded block came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Ram,
+    Disk,
+}
+
+impl Tier {
+    fn label(self) -> &'static str {
+        match self {
+            Tier::Ram => "ram",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
+/// Outcome of [`KvStore::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// False when the block was dropped as a near-duplicate.
+    pub stored: bool,
+    /// The block's disk write is synced (it survives a crash).
+    pub durable: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    meta: BlockMeta,
+    on_disk: bool,
+}
+
+/// One stream's blocks across tiers. Invariant: every `index` entry is in the RAM
+/// tier, on disk, or both.
+pub struct KvStore {
+    stream: Arc<str>,
+    config: StoreConfig,
+    ram: RamTier,
+    disk: Option<DiskTier>,
+    reader: Option<DiskReader>,
+    index: BTreeMap<u64, Entry>,
+    /// (seq, representative keys) held in RAM, oldest first.
+    rep_keys: VecDeque<(u64, Arc<[f32]>)>,
+    rep_bytes: usize,
+    last_stored: Option<Arc<CompressedBlock>>,
+    /// The disk tier failed for good; blocks live in RAM only.
+    degraded: bool,
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl KvStore {
+    /// Opens the store of `stream`, recovering its disk tier under `dir` when configured.
+    pub fn open(
+        dir: &Path,
+        stream: &str,
+        config: StoreConfig,
+    ) -> Result<(Self, Option<RecoveryReport>), KvError> {
+        let stream: Arc<str> = Arc::from(stream);
+        let mut store = Self {
+            ram: RamTier::new(stream.clone(), config.ram_budget_bytes),
+            stream,
+            config,
+            disk: None,
+            reader: None,
+            index: BTreeMap::new(),
+            rep_keys: VecDeque::new(),
+            rep_bytes: 0,
+            last_stored: None,
+            degraded: false,
+        };
+        let mut report = None;
+        if let Some(disk_config) = store.config.disk.clone() {
+            let (disk, recovered) = DiskTier::open(dir, &store.stream, disk_config)?;
+            let reader = disk.reader();
+            for meta in reader.metas() {
+                // The record payload starts with the block's own header and rep keys.
+                match reader.get(meta.seq).and_then(|r| match r {
+                    Some(rec) => CompressedBlock::from_bytes(&rec).map(Some),
+                    None => Ok(None),
+                }) {
+                    Ok(Some(block)) => {
+                        store.index.insert(
+                            block.meta.seq,
+                            Entry {
+                                meta: block.meta,
+                                on_disk: true,
+                            },
+                        );
+                        store.push_rep_keys(block.meta.seq, Arc::from(block.rep_keys.as_slice()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics::counter!(names::KV_CORRUPT_RECORDS, "stream" => store.stream.to_string()).increment(1);
+                        tracing::warn!(stream = %store.stream, seq = meta.seq, error = %e, "skipping unreadable block");
+                    }
+                }
+            }
+            store.disk = Some(disk);
+            store.reader = Some(reader);
+            report = Some(recovered);
+        }
+        Ok((store, report))
+    }
+
+    /// Compresses and stores `block`. Errors only for a block that cannot be stored at
+    /// all (bad shape, NaN); disk trouble degrades instead.
+    pub fn append(&mut self, block: &Block) -> Result<Appended, KvError> {
+        if let Some((&last, _)) = self.index.last_key_value() {
+            if block.meta.seq <= last {
+                return Err(KvError::InvalidBlock(format!(
+                    "block {} after block {last}: sequence numbers must increase",
+                    block.meta.seq
+                )));
+            }
+        }
+        let compressed = Arc::new(CompressedBlock::compress(block, self.config.quant)?);
+        if let (Some(threshold), Some(last)) = (self.config.dedup_threshold, &self.last_stored) {
+            if compressed.similarity(last) >= threshold {
+                metrics::counter!(names::KV_DEDUP_DROPS, "stream" => self.stream.to_string())
+                    .increment(1);
+                return Ok(Appended {
+                    stored: false,
+                    durable: false,
+                });
+            }
+        }
+        let ratio = block.fp16_bytes() as f64 / compressed.kv_bytes().max(1) as f64;
+        metrics::gauge!(names::KV_COMPRESSION_RATIO, "stream" => self.stream.to_string())
+            .set(ratio);
+        let (on_disk, durable) = self.write_to_disk(&compressed);
+        let seq = compressed.meta.seq;
+        self.index.insert(
+            seq,
+            Entry {
+                meta: compressed.meta,
+                on_disk,
+            },
+        );
+        self.push_rep_keys(seq, Arc::from(compressed.rep_keys.as_slice()));
+        for evicted in self.ram.insert(compressed.clone()) {
+            if let Some(entry) = self.index.get(&evicted) {
+                if !entry.on_disk {
+                    // RAM-only and evicted: the block is gone.
+                    tracing::warn!(stream = %self.stream, seq = evicted, "block lost: evicted from RAM with no disk copy");
+                    self.index.remove(&evicted);
+                    self.drop_rep_keys(evicted);
+                }
+            }
+        }
+        self.last_stored = Some(compressed);
+        self.report();
+        Ok(Appended {
+            stored: true,
+            durable,
+        })
+    }
+
+    /// Appends to disk; returns (on disk, durable). Handles a full disk.
+    fn write_to_disk(&mut self, block: &CompressedBlock) -> (bool, bool) {
+        if self.degraded {
+            return (false, false);
+        }
+        let Some(disk) = self.disk.as_mut() else {
+            return (false, false);
+        };
+        let meta = RecordMeta {
+            seq: block.meta.seq,
+            pts_ns: block.meta.pts.as_nanos() as u64,
+            wall_ns: block.meta.wall_ns,
+            kind: block.quant.code(),
+            token_count: block.meta.tokens,
+        };
+        let payload = block.to_bytes();
+        let stream = self.stream.to_string();
+        let mut freed_any = false;
+        loop {
+            match disk.append(&meta, &payload) {
+                Ok(done) => {
+                    metrics::counter!(names::KV_SPILLS, "stream" => stream.clone()).increment(1);
+                    if freed_any {
+                        self.forget_deleted_segments();
+                    }
+                    return (true, done.durable);
+                }
+                Err(e) => {
+                    metrics::counter!(names::KV_WRITE_ERRORS, "stream" => stream.clone(), "error_type" => e.error_type()).increment(1);
+                    let retry = matches!(e, KvError::DiskFull { .. })
+                        && disk.free_space_by_retention().unwrap_or(false);
+                    if retry {
+                        metrics::counter!(names::KV_RETENTION_DELETES, "stream" => stream.clone(), "reason" => "disk_full").increment(1);
+                        freed_any = true;
+                        continue;
+                    }
+                    tracing::error!(stream = %self.stream, error = %e, "disk tier unusable; continuing RAM-only");
+                    metrics::gauge!(names::KV_DEGRADED, "stream" => stream).set(1.0);
+                    self.degraded = true;
+                    if freed_any {
+                        self.forget_deleted_segments();
+                    }
+                    return (false, false);
+                }
+            }
+        }
+    }
+
+    /// After segments were deleted, drops index entries no tier holds any more.
+    fn forget_deleted_segments(&mut self) {
+        let Some(reader) = &self.reader else { return };
+        let on_disk: std::collections::HashSet<u64> =
+            reader.metas().iter().map(|m| m.seq).collect();
+        let gone: Vec<u64> = self
+            .index
+            .iter_mut()
+            .filter_map(|(seq, e)| {
+                if e.on_disk && !on_disk.contains(seq) {
+                    e.on_disk = false;
+                    (!self.ram.contains(*seq)).then_some(*seq)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for seq in gone {
+            self.index.remove(&seq);
+            self.drop_rep_keys(seq);
+        }
+    }
+
+    /// Applies the disk tier's retention (by bytes and age) now.
+    pub fn enforce_retention(&mut self, now: SystemTime) -> Result<usize, KvError> {
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(0);
+        };
+        let deleted = disk.enforce_retention(unix_ns(now))?;
+        if deleted > 0 {
+            self.forget_deleted_segments();
+            self.report();
+        }
+        Ok(deleted)
+    }
+
+    /// The block `seq`, from RAM or else from disk (then cached in RAM).
+    pub fn get(&mut self, seq: u64) -> Result<(Arc<CompressedBlock>, Tier), KvError> {
+        let start = Instant::now();
+        let stream = self.stream.to_string();
+        let (block, tier) = if let Some(b) = self.ram.get(seq) {
+            (b, Tier::Ram)
+        } else {
+            let entry = self.index.get(&seq).ok_or(KvError::NotFound(seq))?;
+            let reader = self
+                .reader
+                .as_ref()
+                .filter(|_| entry.on_disk)
+                .ok_or(KvError::NotFound(seq))?;
+            let record = reader.get(seq)?.ok_or(KvError::NotFound(seq))?;
+            let block = Arc::new(CompressedBlock::from_bytes(&record)?);
+            self.ram.insert(block.clone());
+            (block, Tier::Disk)
+        };
+        metrics::counter!(names::KV_RELOADS, "stream" => stream, "source" => tier.label())
+            .increment(1);
+        metrics::histogram!(names::KV_RELOAD_LATENCY, "source" => tier.label())
+            .record(start.elapsed().as_secs_f64());
+        Ok((block, tier))
+    }
+
+    /// Metadata of every block the store can serve, in sequence order.
+    pub fn metas(&self) -> impl Iterator<Item = &BlockMeta> {
+        self.index.values().map(|e| &e.meta)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Representative keys of every block, in sequence order: from RAM, or read from
+    /// disk for blocks past the representative-key budget.
+    pub fn rep_keys(&self) -> Result<Vec<(u64, Arc<[f32]>)>, KvError> {
+        let in_ram: BTreeMap<u64, Arc<[f32]>> = self.rep_keys.iter().cloned().collect();
+        let mut out = Vec::with_capacity(self.index.len());
+        for &seq in self.index.keys() {
+            match in_ram.get(&seq) {
+                Some(k) => out.push((seq, k.clone())),
+                None => {
+                    let reader = self.reader.as_ref().ok_or(KvError::NotFound(seq))?;
+                    let record = reader.get(seq)?.ok_or(KvError::NotFound(seq))?;
+                    let block = CompressedBlock::from_bytes(&record)?;
+                    out.push((seq, Arc::from(block.rep_keys.as_slice())));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Syncs the disk tier now.
+    pub fn sync(&mut self) -> Result<(), KvError> {
+        match self.disk.as_mut() {
+            Some(d) if !self.degraded => d.sync(),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn ram(&self) -> &RamTier {
+        &self.ram
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.bytes())
+    }
+
+    /// Whether the store has given up its disk tier.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    pub fn rep_key_bytes(&self) -> usize {
+        self.rep_bytes
+    }
+
+    fn push_rep_keys(&mut self, seq: u64, keys: Arc<[f32]>) {
+        self.rep_bytes += keys.len() * 4;
+        self.rep_keys.push_back((seq, keys));
+        // Past the budget, the oldest keys are left to the disk tier (when there is one).
+        while self.rep_bytes > self.config.rep_key_budget_bytes
+            && self.reader.is_some()
+            && !self.degraded
+        {
+            let Some((old, k)) = self.rep_keys.front().cloned() else {
+                break;
+            };
+            if !self.index.get(&old).is_some_and(|e| e.on_disk) {
+                break;
+            }
+            self.rep_keys.pop_front();
+            self.rep_bytes -= k.len() * 4;
+        }
+    }
+
+    fn drop_rep_keys(&mut self, seq: u64) {
+        if let Some(i) = self.rep_keys.iter().position(|(s, _)| *s == seq) {
+            if let Some((_, k)) = self.rep_keys.remove(i) {
+                self.rep_bytes -= k.len() * 4;
+            }
+        }
+    }
+
+    fn report(&self) {
+        let stream = self.stream.to_string();
+        metrics::gauge!(names::KV_BYTES, "stream" => stream.clone(), "tier" => "rep_keys")
+            .set(self.rep_bytes as f64);
+        metrics::gauge!(names::KV_BLOCKS, "stream" => stream, "tier" => "all")
+            .set(self.index.len() as f64);
+    }
+}
