@@ -37,6 +37,9 @@ pub struct StoreConfig {
     pub disk: Option<DiskConfig>,
 }
 
+/// Representative keys by block: (seq, [layers · kv_heads · head_dim]) in seq order.
+pub type RepKeys = Vec<(u64, Arc<[f32]>)>;
+
 /// Where a loaded block came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -111,7 +114,7 @@ impl KvStore {
             degraded: false,
         };
         let mut report = None;
-        if let Some(disk_config) = store.config.disk.clone() {
+        if let Some(disk_config) = store.config.disk {
             let (disk, recovered) = DiskTier::open(dir, &store.stream, disk_config)?;
             let reader = disk.reader();
             for meta in reader.metas() {
@@ -321,7 +324,7 @@ impl KvStore {
 
     /// Representative keys of every block, in sequence order: from RAM, or read from
     /// disk for blocks past the representative-key budget.
-    pub fn rep_keys(&self) -> Result<Vec<(u64, Arc<[f32]>)>, KvError> {
+    pub fn rep_keys(&self) -> Result<RepKeys, KvError> {
         let in_ram: BTreeMap<u64, Arc<[f32]>> = self.rep_keys.iter().cloned().collect();
         let mut out = Vec::with_capacity(self.index.len());
         for &seq in self.index.keys() {
