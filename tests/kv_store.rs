@@ -49,7 +49,7 @@ fn config(ram_blocks: usize, disk: bool) -> StoreConfig {
         ram_budget_bytes: ram_blocks * one,
         rep_key_budget_bytes: 1 << 20,
         dedup_threshold: None,
-        disk: disk.then(|| DiskConfig {
+        disk: disk.then_some(DiskConfig {
             segment_bytes: 16 << 10,
             max_bytes: 1 << 30,
             max_age: None,
