@@ -96,6 +96,19 @@ fn blocks_round_trip_through_ram_and_disk_and_survive_reopen() {
         assert_eq!(seg.layers.len(), 3);
         assert_eq!(seg.layers[0].keys.size(), [2, 6, 8]);
     }
+    // Batched loads: disk reads in parallel, RAM hits as they are, order kept.
+    let many = store.get_many(&[5, 39, 2, 17, 30]).unwrap();
+    let seqs: Vec<u64> = many.iter().map(|(b, _)| b.meta.seq).collect();
+    assert_eq!(seqs, vec![5, 39, 2, 17, 30]);
+    assert_eq!(many[3].1, Tier::Ram, "17 was loaded above");
+    assert_eq!(many[0].1, Tier::Disk);
+    for (b, _) in &many {
+        assert!(**b == expected[b.meta.seq as usize]);
+    }
+    assert!(matches!(
+        store.get_many(&[1, 999]),
+        Err(KvError::NotFound(999))
+    ));
     let rep = store.rep_keys().unwrap();
     assert_eq!(rep.len(), 40);
     assert_eq!(&*rep[17].1, expected[17].rep_keys.as_slice());

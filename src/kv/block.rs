@@ -275,6 +275,11 @@ impl CompressedBlock {
         std::mem::size_of::<Self>() + self.data.capacity() + self.rep_keys.capacity() * 4
     }
 
+    /// Length of [`CompressedBlock::to_bytes`]' output.
+    pub fn stored_len(&self) -> usize {
+        HEADER_LEN + self.rep_keys.len() * 4 + self.data.len()
+    }
+
     /// Bytes of K and V as stored (scales and zero points included).
     pub fn kv_bytes(&self) -> usize {
         self.data.len()

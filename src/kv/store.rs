@@ -297,8 +297,8 @@ impl KvStore {
                 .as_ref()
                 .filter(|_| entry.on_disk)
                 .ok_or(KvError::NotFound(seq))?;
-            let record = reader.get(seq)?.ok_or(KvError::NotFound(seq))?;
-            let block = Arc::new(CompressedBlock::from_bytes(&record)?);
+            let (_, payload) = reader.read_owned(seq)?.ok_or(KvError::NotFound(seq))?;
+            let block = Arc::new(CompressedBlock::from_bytes(&payload)?);
             self.ram.insert(block.clone());
             (block, Tier::Disk)
         };
@@ -307,6 +307,78 @@ impl KvStore {
         metrics::histogram!(names::KV_RELOAD_LATENCY, "source" => tier.label())
             .record(start.elapsed().as_secs_f64());
         Ok((block, tier))
+    }
+
+    /// The blocks `seqs` (in that order), as [`KvStore::get`] gives them, with the disk
+    /// reads of RAM misses issued in parallel: retrieval loads its top-k together, and
+    /// a cold disk serves several outstanding reads far faster than one at a time.
+    pub fn get_many(&mut self, seqs: &[u64]) -> Result<Vec<(Arc<CompressedBlock>, Tier)>, KvError> {
+        const READERS: usize = 16;
+        let start = Instant::now();
+        let mut out: Vec<Option<(Arc<CompressedBlock>, Tier)>> = seqs
+            .iter()
+            .map(|&seq| self.ram.get(seq).map(|b| (b, Tier::Ram)))
+            .collect();
+        let misses: Vec<(usize, u64)> = seqs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out[*i].is_none())
+            .map(|(i, &seq)| (i, seq))
+            .collect();
+        for &(_, seq) in &misses {
+            if !self.index.get(&seq).is_some_and(|e| e.on_disk) {
+                return Err(KvError::NotFound(seq));
+            }
+        }
+        if !misses.is_empty() {
+            let reader = self.reader.clone().ok_or(KvError::NotFound(misses[0].1))?;
+            let chunk = misses.len().div_ceil(READERS);
+            let loaded: Vec<Result<(usize, CompressedBlock), KvError>> =
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = misses
+                        .chunks(chunk)
+                        .map(|part| {
+                            let reader = reader.clone();
+                            scope.spawn(move || {
+                                part.iter()
+                                    .map(|&(i, seq)| {
+                                        let (_, payload) = reader
+                                            .read_owned(seq)?
+                                            .ok_or(KvError::NotFound(seq))?;
+                                        Ok((i, CompressedBlock::from_bytes(&payload)?))
+                                    })
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                vec![Err(KvError::InvalidBlock("reader thread panicked".into()))]
+                            })
+                        })
+                        .collect()
+                });
+            for result in loaded {
+                let (i, block) = result?;
+                let block = Arc::new(block);
+                self.ram.insert(block.clone());
+                out[i] = Some((block, Tier::Disk));
+            }
+        }
+        let stream = self.stream.to_string();
+        let disk = misses.len() as u64;
+        metrics::counter!(names::KV_RELOADS, "stream" => stream.clone(), "source" => "disk")
+            .increment(disk);
+        metrics::counter!(names::KV_RELOADS, "stream" => stream, "source" => "ram")
+            .increment(seqs.len() as u64 - disk);
+        metrics::histogram!(names::KV_RELOAD_LATENCY, "source" => "batch")
+            .record(start.elapsed().as_secs_f64());
+        out.into_iter()
+            .zip(seqs)
+            .map(|(o, &seq)| o.ok_or(KvError::NotFound(seq)))
+            .collect()
     }
 
     /// Metadata of every block the store can serve, in sequence order.
@@ -347,6 +419,11 @@ impl KvStore {
             Some(d) if !self.degraded => d.sync(),
             _ => Ok(()),
         }
+    }
+
+    /// Gives back mapped disk pages (see [`DiskReader::release_pages`]).
+    pub fn release_disk_pages(&self) -> Result<(), KvError> {
+        self.reader.as_ref().map_or(Ok(()), |r| r.release_pages())
     }
 
     pub fn ram(&self) -> &RamTier {
