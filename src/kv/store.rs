@@ -218,6 +218,9 @@ impl KvStore {
         let payload = block.to_bytes();
         let stream = self.stream.to_string();
         let mut freed_any = false;
+        // After a failed write the tier rolls to a fresh segment: one plain retry first
+        // (a per-file limit), then retention (a full filesystem), then RAM-only.
+        let mut retried = false;
         loop {
             match disk.append(&meta, &payload) {
                 Ok(done) => {
@@ -229,8 +232,12 @@ impl KvStore {
                 }
                 Err(e) => {
                     metrics::counter!(names::KV_WRITE_ERRORS, "stream" => stream.clone(), "error_type" => e.error_type()).increment(1);
-                    let retry = matches!(e, KvError::DiskFull { .. })
-                        && disk.free_space_by_retention().unwrap_or(false);
+                    let full = matches!(e, KvError::DiskFull { .. });
+                    if full && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    let retry = full && disk.free_space_by_retention().unwrap_or(false);
                     if retry {
                         metrics::counter!(names::KV_RETENTION_DELETES, "stream" => stream.clone(), "reason" => "disk_full").increment(1);
                         freed_any = true;
