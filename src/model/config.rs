@@ -133,7 +133,7 @@ fn default_ln_eps() -> f64 {
 }
 
 impl SiglipVisionConfig {
-    /// Patches along one side of the (square) input.
+    /// Patches along one side of the (square) input (a remainder is dropped).
     pub fn grid(&self) -> i64 {
         self.image_size / self.patch_size
     }
@@ -286,8 +286,11 @@ impl LlavaOnevisionConfig {
         if v.hidden_size % v.num_attention_heads != 0 {
             return bad("vision_config.hidden_size must divide by num_attention_heads".into());
         }
-        if v.image_size % v.patch_size != 0 {
-            return bad("vision_config.image_size must divide by patch_size".into());
+        // The patch conv has stride `patch_size` and no padding: where the patch does
+        // not divide the size (SigLIP-so400m-patch14-384: 384 = 27 · 14 + 6) the last
+        // rows and columns are dropped, as in `transformers`.
+        if v.image_size < v.patch_size {
+            return bad("vision_config.image_size must be at least patch_size".into());
         }
         if t.num_attention_heads % t.kv_heads() != 0 {
             return bad(
@@ -434,5 +437,26 @@ impl VideoPreprocessorConfig {
             }) => (*s, *s),
             _ => (tower_size, tower_size),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real LLaVA-OneVision-0.5B tower: 384 px in patches of 14 (27 patches, 6 px
+    /// dropped), pooled to 14 × 14 = 196 tokens per frame.
+    #[test]
+    fn siglip_so400m_384_patch14_is_accepted() {
+        let json = serde_json::json!({
+            "model_type": "llava_onevision",
+            "vision_config": {"image_size": 384, "patch_size": 14},
+            "text_config": {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+                            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2},
+        });
+        let config: LlavaOnevisionConfig = serde_json::from_value(json).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.vision_config.grid(), 27);
+        assert_eq!(config.tokens_per_frame(), 196);
     }
 }

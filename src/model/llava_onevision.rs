@@ -250,7 +250,10 @@ impl LlavaOnevision {
             .f_contiguous()?
             .f_upsample_bilinear2d([pooled, pooled], false, None, None)?
             .f_permute([0, 2, 3, 1])?
-            .f_reshape([n, pooled * pooled, d])?)
+            // Row-major again: otherwise the hidden axis keeps stride g² and every op of
+            // the decoder prefill downstream pays for it.
+            .f_contiguous()?
+            .f_view([n, pooled * pooled, d])?)
     }
 
     /// The newline embedding that follows a video's last frame, [1, hidden].

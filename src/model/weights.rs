@@ -188,6 +188,20 @@ impl WeightStore {
         let tensor = Tensor::f_from_data_size(bytes, shape, kind)?
             .f_to_kind(self.dtype)?
             .f_to_device(self.device)?;
+        // The tensor is a copy: give the mapped pages back now rather than when the store
+        // drops, or a load peaks at the checkpoint twice over.
+        // SAFETY: a read-only mapping of a file nothing writes; dropped pages are read
+        // from the file again if touched.
+        let released = unsafe {
+            file.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                file.data_start + start,
+                end - start,
+            )
+        };
+        if let Err(e) = released {
+            tracing::debug!(error = %e, "could not release mapped checkpoint pages");
+        }
         self.used.borrow_mut().insert(name.to_owned());
         Ok(tensor)
     }
