@@ -1,1 +1,496 @@
-fn main() {}
+//! Frame-encoding throughput of the model runtime: how many video frames per second
+//! vstreamd turns into stored key/value blocks, and how close that comes to the
+//! machine's matmul ceiling.
+//!
+//! Encoding one frame is what the streaming engine does with every frame it keeps:
+//! `preprocessor.process` (uint8 → normalised pixels) → `encode_frames` (SigLIP tower,
+//! projector, 2×2 pooling; frames go through the tower `batch` at a time) → one decoder
+//! prefill of the frame's tokens (196 for LLaVA-OneVision-0.5B) at positions 0..T
+//! against an *empty* context, returning the frame's KV (`append: false,
+//! return_kv: true`). Every frame is prefilled on its own, as a store of per-frame KV
+//! blocks needs; no growing context, so the cost per frame does not depend on how many
+//! frames came before. `encode_frames`' output goes to the decoder as it comes, as the
+//! streaming engine would pass it.
+//!
+//! Measured, in one process and one run:
+//! - frames/s: a warm-up pass, then `iters` passes over `frames` synthetic frames; the
+//!   median pass (also split into preprocess / tower / prefill);
+//! - achieved FLOP/s: analytic FLOPs per frame (see [`flops_per_frame`]) × frames/s,
+//!   against a ceiling measured here, a 2048³ matmul in the model dtype through libtorch.
+//!   Shared machines drift (this one between ~0.5 and ~2 TFLOP/s bf16 within seconds),
+//!   so the ceiling is sampled right before and after every pass, each pass is divided
+//!   by the samples next to it, and the median of those shares is the figure reported
+//!   (the share of the overall median ceiling is printed too);
+//! - memory: VmHWM from /proc/self/status over the whole process, and again for the
+//!   encode passes alone (the high-water mark reset through /proc/self/clear_refs after
+//!   loading).
+//!
+//! The frames are made from a formula (see [`synthetic_frames`]) that
+//! `scripts/bench_encode.py` reproduces, so `transformers` encodes the very same pixels;
+//! both print a checksum of them.
+//!
+//! Configured by environment variables (`cargo bench` passes `--bench` as the only
+//! argument, which is ignored):
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `VSTREAMD_BENCH_MODEL` | `tests/fixtures/llava_ov/tiny_a` | checkpoint directory |
+//! | `VSTREAMD_BENCH_DTYPE` | `bf16` | `f32`, `bf16` or `f16` |
+//! | `VSTREAMD_BENCH_FRAMES` | 8 | frames per timed pass |
+//! | `VSTREAMD_BENCH_BATCH` | 4 | frames per vision-tower call |
+//! | `VSTREAMD_BENCH_ITERS` | 5 | timed passes (after one warm-up pass) |
+//! | `VSTREAMD_BENCH_FRAME_SIZE` | the tower's input size | `HxW` of the raw frames |
+//! | `VSTREAMD_BENCH_THREADS` | libtorch's default (all cores) | `tch::set_num_threads` |
+//! | `VSTREAMD_BENCH_DUMP` | unset | write the first pass's outputs here (safetensors) |
+//!
+//! Besides the human-readable report, the last line is `BENCH_JSON {...}` for
+//! `scripts/bench_encode.py --compare`, which runs this bench and `transformers` side
+//! by side and prints the ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tch::{Kind, Tensor};
+use vstreamd::model::{AttnContext, ForwardOptions, LlavaOnevision, ModelOptions, Precision};
+
+/// Side of the square matmul that gives the ceiling.
+const CEILING_N: i64 = 2048;
+/// Ceiling samples taken before the first encode pass and after each.
+const CEILING_SAMPLES: usize = 10;
+
+struct Settings {
+    model: PathBuf,
+    precision: Precision,
+    dtype_name: String,
+    frames: i64,
+    batch: i64,
+    iters: usize,
+    frame_size: Option<(i64, i64)>,
+    threads: Option<i32>,
+    dump: Option<PathBuf>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} does not parse")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let model = std::env::var_os("VSTREAMD_BENCH_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("tests/fixtures/llava_ov/tiny_a"));
+        let dtype_name: String = env_or("VSTREAMD_BENCH_DTYPE", "bf16".to_string())?;
+        let precision: Precision = dtype_name.parse()?;
+        let frame_size = match std::env::var("VSTREAMD_BENCH_FRAME_SIZE") {
+            Ok(s) => {
+                let (h, w) = s
+                    .split_once('x')
+                    .context("VSTREAMD_BENCH_FRAME_SIZE is HxW")?;
+                Some((h.parse()?, w.parse()?))
+            }
+            Err(_) => None,
+        };
+        let threads = match std::env::var("VSTREAMD_BENCH_THREADS") {
+            Ok(s) => Some(s.parse()?),
+            Err(_) => None,
+        };
+        let s = Self {
+            model,
+            precision,
+            dtype_name,
+            frames: env_or("VSTREAMD_BENCH_FRAMES", 8)?,
+            batch: env_or("VSTREAMD_BENCH_BATCH", 4)?,
+            iters: env_or("VSTREAMD_BENCH_ITERS", 5)?,
+            frame_size,
+            threads,
+            dump: std::env::var_os("VSTREAMD_BENCH_DUMP").map(PathBuf::from),
+        };
+        if s.frames < 1 || s.batch < 1 || s.iters < 1 {
+            bail!("frames, batch and iters must be positive");
+        }
+        Ok(s)
+    }
+}
+
+/// Frames `first..first+n` as uint8 [n, 3, h, w]:
+/// `v = (7x + 5y + 60c + 40i + (x·y mod 31)) mod 256`, which `bench_encode.py` repeats.
+fn synthetic_frames(first: i64, n: i64, h: i64, w: i64) -> Result<Tensor> {
+    let opts = (Kind::Int64, tch::Device::Cpu);
+    let x = Tensor::f_arange(w, opts)?.f_view([1, 1, 1, w])?;
+    let y = Tensor::f_arange(h, opts)?.f_view([1, 1, h, 1])?;
+    let c = Tensor::f_arange(3, opts)?.f_view([1, 3, 1, 1])?;
+    let i = Tensor::f_arange_start(first, first + n, opts)?.f_view([n, 1, 1, 1])?;
+    let xy = x.f_mul(&y)?.f_remainder(31)?;
+    let v = x
+        .f_mul_scalar(7)?
+        .f_add(&y.f_mul_scalar(5)?)?
+        .f_add(&c.f_mul_scalar(60)?)?
+        .f_add(&i.f_mul_scalar(40)?)?
+        .f_add(&xy)?
+        .f_remainder(256)?;
+    Ok(v.f_to_kind(Kind::Uint8)?.f_contiguous()?)
+}
+
+/// Analytic FLOPs to encode one frame (a multiply-add counts 2), matmuls only:
+///
+/// vision tower, P = (S/p)² patches, width D, MLP width I, L layers run:
+///   patch conv           2·P·D·(3·p²)
+///   per layer  q,k,v,o   4 · 2·P·D²
+///              fc1, fc2  2 · 2·P·D·I
+///              QKᵀ, AV   2 · 2·P²·D
+/// projector on all P patches (before pooling), feature width F = D·#feature layers,
+/// text width H:          2·P·F·H + 2·P·H²
+/// decoder prefill of T = ⌈(S/p)/2⌉² tokens, per layer, n heads and m KV heads of
+/// width d, MLP width J:
+///              q, o      2 · 2·T·H·(n·d)
+///              k, v      2 · 2·T·H·(m·d)
+///              gate,up,down 3 · 2·T·H·J
+///              QKᵀ, AV   2 · 2·(T(T+1)/2)·n·d   (causal: the lower triangle only)
+///
+/// Left out (a fraction of a percent): norms, activations, softmax, rotary, pooling,
+/// preprocessing. No LM head: encoding never computes logits.
+/// For LLaVA-OneVision-0.5B (P = 729, D = 1152, I = 4304, L = 26, H = 896, T = 196,
+/// n = 14, m = 2, d = 64, J = 4864) this is ≈ 0.79 TFLOP per frame, 82% of it in the tower.
+fn flops_per_frame(model: &LlavaOnevision) -> f64 {
+    let cfg = &model.config;
+    let v = &cfg.vision_config;
+    let t = &cfg.text_config;
+    let feature_layers = cfg.vision_feature_layer.indices();
+    let total = v.num_hidden_layers + 1;
+    let layers_run = feature_layers
+        .iter()
+        .map(|&i| if i < 0 { total + i } else { i })
+        .max()
+        .unwrap_or(0) as f64;
+    let p = (v.grid() * v.grid()) as f64;
+    let d = v.hidden_size as f64;
+    let i = v.intermediate_size as f64;
+    let patch = (v.num_channels * v.patch_size * v.patch_size) as f64;
+    let vision = 2.0 * p * d * patch
+        + layers_run * (4.0 * 2.0 * p * d * d + 2.0 * 2.0 * p * d * i + 2.0 * 2.0 * p * p * d);
+    let f = d * feature_layers.len() as f64;
+    let h = t.hidden_size as f64;
+    let projector = 2.0 * p * f * h + 2.0 * p * h * h;
+    let tok = model.tokens_per_frame() as f64;
+    let qd = (t.num_attention_heads * t.head_dim()) as f64;
+    let kvd = (t.kv_heads() * t.head_dim()) as f64;
+    let j = t.intermediate_size as f64;
+    let per_layer = 2.0 * 2.0 * tok * h * qd
+        + 2.0 * 2.0 * tok * h * kvd
+        + 3.0 * 2.0 * tok * h * j
+        + 2.0 * tok * (tok + 1.0) * qd;
+    vision + projector + t.num_hidden_layers as f64 * per_layer
+}
+
+/// kB values of `VmHWM` and `VmRSS`.
+fn memory_kb() -> (i64, i64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> i64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0); false where that is refused.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The matmul ceiling: an N³ matmul of two random [N, N] matrices in the model dtype.
+struct Ceiling {
+    a: Tensor,
+    b: Tensor,
+    /// Every sample taken, FLOP/s.
+    samples: Vec<f64>,
+}
+
+impl Ceiling {
+    fn new(kind: Kind) -> Result<Self> {
+        let opts = (kind, tch::Device::Cpu);
+        let c = Self {
+            a: Tensor::f_randn([CEILING_N, CEILING_N], opts)?,
+            b: Tensor::f_randn([CEILING_N, CEILING_N], opts)?,
+            samples: Vec::new(),
+        };
+        for _ in 0..3 {
+            let _ = c.a.f_matmul(&c.b)?;
+        }
+        Ok(c)
+    }
+
+    /// Takes `n` timed samples; returns them (and keeps them).
+    fn sample(&mut self, n: usize) -> Result<Vec<f64>> {
+        let flops = 2.0 * (CEILING_N as f64).powi(3);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            let c = self.a.f_matmul(&self.b)?;
+            out.push(flops / start.elapsed().as_secs_f64());
+            drop(c);
+        }
+        self.samples.extend_from_slice(&out);
+        Ok(out)
+    }
+}
+
+/// Seconds spent in each stage of one pass over all frames.
+#[derive(Default, Clone, Copy)]
+struct PassTimes {
+    preprocess: f64,
+    tower: f64,
+    prefill: f64,
+}
+
+impl PassTimes {
+    fn total(&self) -> f64 {
+        self.preprocess + self.tower + self.prefill
+    }
+}
+
+/// What the first pass produced, for `VSTREAMD_BENCH_DUMP`.
+struct FirstOutputs {
+    frame_embeddings: Tensor,
+    hidden0: Tensor,
+    values0: Tensor,
+}
+
+fn encode_pass(
+    model: &LlavaOnevision,
+    frames: &Tensor,
+    batch: i64,
+    keep: bool,
+) -> Result<(PassTimes, Option<FirstOutputs>)> {
+    let n = frames.size()[0];
+    let hidden = model.config.text_config.hidden_size;
+    let tokens = model.tokens_per_frame();
+    let positions = Tensor::f_arange(tokens, (Kind::Int64, model.device()))?;
+    let opts = ForwardOptions {
+        append: false,
+        return_kv: true,
+    };
+    let mut times = PassTimes::default();
+    let mut first = None;
+    let mut start = 0;
+    while start < n {
+        let len = batch.min(n - start);
+        let chunk = frames.f_narrow(0, start, len)?;
+        let t0 = Instant::now();
+        let pixels = model.preprocessor.process(&chunk)?;
+        let t1 = Instant::now();
+        let embeddings = model.encode_frames(&pixels)?;
+        let t2 = Instant::now();
+        for f in 0..len {
+            let embeds = embeddings.f_get(f)?.f_reshape([tokens, hidden])?;
+            let mut ctx = AttnContext::new(model.decoder().num_layers());
+            let out = model
+                .decoder()
+                .forward(&embeds, &positions, &mut ctx, opts)?;
+            if keep && start == 0 && f == 0 {
+                let kv = out.kv.context("prefill returned no KV")?;
+                first = Some(FirstOutputs {
+                    frame_embeddings: embeddings.f_to_kind(Kind::Float)?.f_contiguous()?,
+                    hidden0: out.hidden.f_to_kind(Kind::Float)?.f_contiguous()?,
+                    values0: kv.layers[0].values.f_to_kind(Kind::Float)?.f_contiguous()?,
+                });
+            }
+        }
+        let t3 = Instant::now();
+        times.preprocess += (t1 - t0).as_secs_f64();
+        times.tower += (t2 - t1).as_secs_f64();
+        times.prefill += (t3 - t2).as_secs_f64();
+        start += len;
+    }
+    Ok((times, first))
+}
+
+fn main() -> Result<()> {
+    let s = Settings::from_env()?;
+    if let Some(n) = s.threads {
+        tch::set_num_threads(n);
+    }
+    let _no_grad = tch::no_grad_guard();
+    let kind = s.precision.kind();
+
+    let load_start = Instant::now();
+    let model = LlavaOnevision::load(&s.model, ModelOptions::cpu(s.precision))
+        .with_context(|| format!("loading {}", s.model.display()))?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    let (hwm_load_kb, rss_loaded_kb) = memory_kb();
+
+    let tower = model.config.vision_config.image_size;
+    let (fh, fw) = s.frame_size.unwrap_or((tower, tower));
+    let frames = synthetic_frames(0, s.frames, fh, fw)?;
+    let checksum = frames
+        .f_to_kind(Kind::Int64)?
+        .f_sum(Kind::Int64)?
+        .int64_value(&[]);
+    let tokens = model.tokens_per_frame();
+    let flops = flops_per_frame(&model);
+    let threads = tch::get_num_threads();
+    let summary = model.summary();
+
+    println!("vstreamd encode bench: {}", s.model.display());
+    println!(
+        "  model: {:.1}M parameters, vision {} layers, decoder {} layers x {} hidden, {} tokens/frame",
+        summary.parameters as f64 / 1e6,
+        summary.vision_layers,
+        summary.layers,
+        summary.hidden_size,
+        tokens
+    );
+    println!(
+        "  dtype {}, libtorch threads {threads} (interop {}), {} frames {fh}x{fw} (checksum {checksum}) per pass, tower batch {}, {} passes after 1 warm-up",
+        s.dtype_name,
+        tch::get_num_interop_threads(),
+        s.frames,
+        s.batch,
+        s.iters
+    );
+    println!("  load: {load_s:.2} s, VmHWM {hwm_load_kb} kB, VmRSS after load {rss_loaded_kb} kB");
+
+    let mut ceiling = Ceiling::new(kind)?;
+    // Peak so far (load, frames, ceiling), then a fresh high-water mark for encoding.
+    let (hwm_pre_kb, _) = memory_kb();
+    let peak_reset = reset_peak_rss();
+
+    let (_, first) = encode_pass(&model, &frames, s.batch, s.dump.is_some())?;
+    if let (Some(path), Some(first)) = (&s.dump, first) {
+        Tensor::write_safetensors(
+            &[
+                ("frame_embeddings", &first.frame_embeddings),
+                ("hidden0", &first.hidden0),
+                ("values0", &first.values0),
+            ],
+            path,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The machine's speed can drift by 2x within seconds (shared hosts), so each pass is
+    // compared with ceiling samples taken right before and right after it.
+    let mut passes = Vec::with_capacity(s.iters);
+    let mut local_ceiling = Vec::with_capacity(s.iters);
+    let mut around = ceiling.sample(CEILING_SAMPLES)?;
+    for _ in 0..s.iters {
+        passes.push(encode_pass(&model, &frames, s.batch, false)?.0);
+        let after = ceiling.sample(CEILING_SAMPLES)?;
+        local_ceiling.push(median(&[around.as_slice(), after.as_slice()].concat()));
+        around = after;
+    }
+    let (hwm_encode_kb, rss_end_kb) = memory_kb();
+    // The whole process's peak: the larger of the two phases'.
+    let hwm_total_kb = if peak_reset {
+        hwm_pre_kb.max(hwm_encode_kb)
+    } else {
+        hwm_encode_kb
+    };
+
+    let totals: Vec<f64> = passes.iter().map(PassTimes::total).collect();
+    let per_frame = |f: fn(&PassTimes) -> f64| {
+        median(&passes.iter().map(f).collect::<Vec<_>>()) / s.frames as f64
+    };
+    let pass_s = median(&totals);
+    let fps = s.frames as f64 / pass_s;
+    let achieved = flops * fps;
+    let ceiling_median = median(&ceiling.samples);
+    let ceiling_best = ceiling.samples.iter().copied().fold(0.0, f64::max);
+    // Primary figure: median over passes of (pass FLOP/s / its local ceiling).
+    let pass_pct: Vec<f64> = totals
+        .iter()
+        .zip(&local_ceiling)
+        .map(|(t, c)| 100.0 * flops * s.frames as f64 / t / c)
+        .collect();
+    let pct = median(&pass_pct);
+    let pct_global = 100.0 * achieved / ceiling_median;
+    let (pre, tow, pref) = (
+        per_frame(|p| p.preprocess),
+        per_frame(|p| p.tower),
+        per_frame(|p| p.prefill),
+    );
+
+    println!(
+        "  encode: {fps:.3} frames/s ({:.1} ms/frame; preprocess {:.1}, tower+projector+pool {:.1}, prefill {:.1} ms/frame; passes {})",
+        1e3 / fps,
+        1e3 * pre,
+        1e3 * tow,
+        1e3 * pref,
+        totals
+            .iter()
+            .map(|t| format!("{t:.3}s"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  FLOPs/frame {:.2} GFLOP -> achieved {:.1} GFLOP/s; {CEILING_N}^3 {} matmul ceiling {:.1} GFLOP/s (median of {} samples around the passes, best {:.1})",
+        flops / 1e9,
+        achieved / 1e9,
+        s.dtype_name,
+        ceiling_median / 1e9,
+        ceiling.samples.len(),
+        ceiling_best / 1e9
+    );
+    println!(
+        "  share of the ceiling: {pct:.1}% (median over passes, each against the samples next to it: {}); {pct_global:.1}% of the overall median",
+        pass_pct
+            .iter()
+            .map(|p| format!("{p:.0}%"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  memory: VmHWM {hwm_total_kb} kB (whole process), {hwm_encode_kb} kB during encode passes{}; VmRSS at end {rss_end_kb} kB",
+        if peak_reset { "" } else { " (reset refused: same as whole)" }
+    );
+    let result = json!({
+        "side": "vstreamd",
+        "model": s.model.display().to_string(),
+        "dtype": s.dtype_name,
+        "threads": threads,
+        "frames": s.frames,
+        "frame_size": [fh, fw],
+        "checksum": checksum,
+        "batch": s.batch,
+        "iters": s.iters,
+        "tokens_per_frame": tokens,
+        "parameters": summary.parameters,
+        "load_s": load_s,
+        "pass_s": totals,
+        "fps": fps,
+        "ms_per_frame": {"preprocess": 1e3 * pre, "tower": 1e3 * tow, "prefill": 1e3 * pref},
+        "flops_per_frame": flops,
+        "achieved_flops": achieved,
+        "ceiling_flops": ceiling_median,
+        "ceiling_best_flops": ceiling_best,
+        "ceiling_pct": pct,
+        "ceiling_pct_global": pct_global,
+        "pass_ceiling_flops": local_ceiling,
+        "vmhwm_kb": hwm_total_kb,
+        "vmhwm_encode_kb": hwm_encode_kb,
+        "vmrss_loaded_kb": rss_loaded_kb,
+    });
+    println!("BENCH_JSON {result}");
+    Ok(())
+}

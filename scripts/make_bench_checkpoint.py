@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""A random LLaVA-OneVision-0.5B-shaped checkpoint for the encode benchmark (never committed).
+
+Shapes are those of llava-onevision-qwen2-0.5b-ov:
+
+- vision tower: SigLIP-so400m-patch14-384 (hidden 1152, intermediate 4304, 26 layers,
+  16 heads, patch 14 -> 27x27 = 729 patches), `vision_feature_layer` -1, select
+  strategy `full`; projector 1152 -> 896 -> 896 (GELU);
+- decoder: Qwen2-0.5B (hidden 896, intermediate 4864, 24 layers, 14 heads, 2 KV heads,
+  rope_theta 1e6, tied embeddings), vocab 151936 unless `--vocab` says otherwise.
+
+The 27x27 grid pools to 14x14 = 196 tokens per frame. Weights are random (normal, std
+0.02; norms 1, biases 0) and saved in bf16 by `save_pretrained`, so the layout is the one
+`transformers` 5 writes. Text needs no real vocabulary here (the encode path runs no text
+tokens), so the tokenizer, chat template and processor config are the tiny test
+fixture's (`tests/fixtures/llava_ov/tiny_a`), with the processor's sizes set to the image
+size and the image/video token ids kept at the tiny tokenizer's `<image>`/`<video>` ids.
+
+Image size: 384 as the real checkpoint says; patch 14 does not divide it, so the
+stride-14 patch conv drops the last 6 pixel rows and columns (27x27 patches), as in
+`transformers`.
+
+Usage (reference environment, see scripts/setup-python.sh):
+
+    python scripts/make_bench_checkpoint.py [--out target/bench-checkpoints/llava_ov_0p5b_shape]
+
+Idempotent: an existing complete checkpoint (marked by `.complete`) is left alone
+unless `--force`. Takes about a minute and 1.8 GB of disk.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "tests", "fixtures", "llava_ov", "tiny_a")
+DEFAULT_OUT = os.path.join(REPO, "target", "bench-checkpoints", "llava_ov_0p5b_shape")
+TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+VISION = dict(
+    model_type="siglip_vision_model",
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=26,
+    num_attention_heads=16,
+    num_channels=3,
+    image_size=384,
+    patch_size=14,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+    vision_use_head=False,
+)
+TEXT = dict(
+    model_type="qwen2",
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    tie_word_embeddings=True,
+    use_sliding_window=False,
+)
+
+
+def randomise(model, seed):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm = "norm" in name  # layer_norm1/2, post_layernorm, input_layernorm, norm...
+            if name.endswith(".bias"):
+                p.zero_()
+            elif is_norm:
+                p.fill_(1.0)
+            else:
+                # Sampled in fp32 chunks then cast: bf16 normal_ with a generator is slow.
+                flat = p.view(-1)
+                step = 1 << 24
+                for start in range(0, flat.numel(), step):
+                    n = min(step, flat.numel() - start)
+                    flat[start : start + n].copy_(torch.randn(n, generator=gen) * 0.02)
+
+
+def build(out, vocab_size, image_size, seed):
+    import torch
+    import transformers
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    transformers.utils.logging.disable_progress_bar()
+    with open(os.path.join(TINY, "config.json")) as f:
+        tiny = json.load(f)
+    vision = dict(VISION, image_size=image_size)
+    text = dict(TEXT, vocab_size=vocab_size)
+    text["eos_token_id"] = tiny["text_config"]["eos_token_id"]
+    text["pad_token_id"] = tiny["text_config"]["pad_token_id"]
+    text["bos_token_id"] = None
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tiny["image_token_index"],
+        video_token_index=tiny["video_token_index"],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=True,
+    )
+    # Built on the meta device and materialised in bf16: no fp32 copy, no slow init.
+    with torch.device("meta"):
+        model = LlavaOnevisionForConditionalGeneration(config)
+    model = model.to(torch.bfloat16).to_empty(device="cpu").eval()
+    model.tie_weights()
+    randomise(model, seed)
+
+    staging = out + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    for name in TEXT_FILES:
+        shutil.copy(os.path.join(TINY, name), os.path.join(staging, name))
+    with open(os.path.join(TINY, "processor_config.json")) as f:
+        processor = json.load(f)
+    size = image_size
+    grid = size // VISION["patch_size"]
+    for section in ("image_processor", "video_processor"):
+        processor[section]["size"] = {"height": size, "width": size}
+    processor["num_image_tokens"] = grid * grid
+    with open(os.path.join(staging, "processor_config.json"), "w") as f:
+        json.dump(processor, f, indent=2)
+    params = sum(p.numel() for p in model.parameters())
+    with open(os.path.join(staging, ".complete"), "w") as f:
+        json.dump({"parameters": params, "vocab_size": vocab_size, "image_size": image_size, "seed": seed}, f)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return params
+
+
+def reexec_in_pyref():
+    """Runs under the reference environment's Python, as bench_encode.py does."""
+    for env in (os.environ.get("VSTREAMD_PYREF"), "/opt/vstreamd/pyref", "/opt/pyref"):
+        python = os.path.join(env or "", "bin", "python")
+        if env and os.path.exists(python):
+            if os.path.realpath(sys.prefix) != os.path.realpath(env):
+                os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+            return
+    sys.exit("no reference Python environment: run scripts/setup-python.sh")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--vocab", type=int, default=151936, help="decoder vocabulary size")
+    ap.add_argument("--image-size", type=int, default=VISION["image_size"], help="tower input size (see above)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = ap.parse_args()
+    reexec_in_pyref()
+    out = os.path.abspath(args.out)
+    if not args.force and os.path.exists(os.path.join(out, ".complete")):
+        with open(os.path.join(out, ".complete")) as f:
+            done = json.load(f)
+        wanted = {"vocab_size": args.vocab, "image_size": args.image_size, "seed": args.seed}
+        if all(done.get(k) == v for k, v in wanted.items()):
+            print(f"[make_bench_checkpoint] present: {out}", file=sys.stderr)
+            return
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    start = time.perf_counter()
+    params = build(out, args.vocab, args.image_size, args.seed)
+    print(
+        f"[make_bench_checkpoint] wrote {out}: {params / 1e6:.0f}M parameters (bf16), "
+        f"vocab {args.vocab}, image {args.image_size}, {time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
