@@ -890,21 +890,59 @@ impl std::fmt::Debug for Record {
     }
 }
 
+/// A record's index entry with its segment's path, map and (for the active segment)
+/// file, taken under the read lock.
+struct Located {
+    loc: Loc,
+    path: Arc<Path>,
+    map: Arc<Mmap>,
+    file: Option<Arc<File>>,
+}
+
 impl DiskReader {
+    /// Where record `seq` lives; `None` if not stored.
+    fn locate(&self, seq: u64) -> Option<Located> {
+        let shared = read_lock(&self.shared);
+        let i = shared
+            .index
+            .binary_search_by_key(&seq, |l| l.meta.seq)
+            .ok()?;
+        let loc = shared.index[i];
+        let seg = shared.segments.get(&loc.seg)?;
+        Some(Located {
+            loc,
+            path: seg.path.clone(),
+            map: seg.map.clone(),
+            file: seg.file.clone(),
+        })
+    }
+
+    /// Verifies the record at `pos` of `buf` against its index entry `loc`; the payload
+    /// length on success, else the counted corruption error (read at `loc` of `path`).
+    fn verify(&self, buf: &[u8], pos: usize, loc: &Loc, path: &Path) -> Result<usize, KvError> {
+        let reason = match format::parse_at(buf, pos) {
+            Parsed::Ok {
+                meta, payload_len, ..
+            } if meta == loc.meta && payload_len == loc.payload_len => return Ok(payload_len),
+            Parsed::Ok { .. } => "record header differs from the index",
+            Parsed::BadPayload { reason, .. } | Parsed::BadHeader(reason) => reason,
+            Parsed::Truncated => "record cut short",
+        };
+        Err(self.corrupt_read(path, loc.offset as u64, reason))
+    }
+
     /// The record `seq`, verified (both CRCs, and that its header matches the index);
     /// `None` if not stored (never written, deleted by retention, or lost to damage).
     /// A record that fails verification is an error, counted, never returned.
     pub fn get(&self, seq: u64) -> Result<Option<Record>, KvError> {
-        let (loc, path, map, file) = {
-            let shared = read_lock(&self.shared);
-            let Ok(i) = shared.index.binary_search_by_key(&seq, |l| l.meta.seq) else {
-                return Ok(None);
-            };
-            let loc = shared.index[i];
-            let Some(seg) = shared.segments.get(&loc.seg) else {
-                return Ok(None);
-            };
-            (loc, seg.path.clone(), seg.map.clone(), seg.file.clone())
+        let Some(Located {
+            loc,
+            path,
+            map,
+            file,
+        }) = self.locate(seq)
+        else {
+            return Ok(None);
         };
         let end = loc.offset + format::record_len(loc.payload_len);
         let map = if end <= map.len() {
@@ -912,24 +950,13 @@ impl DiskReader {
         } else {
             self.remap(&loc, &path, file.as_deref(), end)?
         };
-        match format::parse_at(&map, loc.offset) {
-            Parsed::Ok {
-                meta, payload_len, ..
-            } if meta == loc.meta && payload_len == loc.payload_len => Ok(Some(Record {
-                map,
-                start: loc.offset + format::RECORD_HEADER_LEN,
-                len: payload_len,
-                meta,
-            })),
-            other => {
-                let reason = match other {
-                    Parsed::Ok { .. } => "record header differs from the index",
-                    Parsed::BadPayload { reason, .. } | Parsed::BadHeader(reason) => reason,
-                    Parsed::Truncated => "record cut short",
-                };
-                Err(self.corrupt_read(&path, loc.offset as u64, reason))
-            }
-        }
+        let len = self.verify(&map, loc.offset, &loc, &path)?;
+        Ok(Some(Record {
+            map,
+            start: loc.offset + format::RECORD_HEADER_LEN,
+            len,
+            meta: loc.meta,
+        }))
     }
 
     /// The record `seq` as an owned payload, read with one positioned read and verified
@@ -937,16 +964,8 @@ impl DiskReader {
     /// than faulting a mapping in page by page; callers that copy the payload anyway
     /// (block reloads) use this, scans that touch a few bytes use `get`.
     pub fn read_owned(&self, seq: u64) -> Result<Option<(RecordMeta, Vec<u8>)>, KvError> {
-        let (loc, path) = {
-            let shared = read_lock(&self.shared);
-            let Ok(i) = shared.index.binary_search_by_key(&seq, |l| l.meta.seq) else {
-                return Ok(None);
-            };
-            let loc = shared.index[i];
-            let Some(seg) = shared.segments.get(&loc.seg) else {
-                return Ok(None);
-            };
-            (loc, seg.path.clone())
+        let Some(Located { loc, path, .. }) = self.locate(seq) else {
+            return Ok(None);
         };
         let file = match File::open(&*path) {
             Ok(f) => f,
@@ -968,23 +987,10 @@ impl DiskReader {
                 };
             }
         }
-        match format::parse_at(&buf, 0) {
-            Parsed::Ok {
-                meta, payload_len, ..
-            } if meta == loc.meta && payload_len == loc.payload_len => {
-                buf.drain(..format::RECORD_HEADER_LEN);
-                buf.truncate(payload_len);
-                Ok(Some((meta, buf)))
-            }
-            other => {
-                let reason = match other {
-                    Parsed::Ok { .. } => "record header differs from the index",
-                    Parsed::BadPayload { reason, .. } | Parsed::BadHeader(reason) => reason,
-                    Parsed::Truncated => "record cut short",
-                };
-                Err(self.corrupt_read(&path, loc.offset as u64, reason))
-            }
-        }
+        let len = self.verify(&buf, 0, &loc, &path)?;
+        buf.drain(..format::RECORD_HEADER_LEN);
+        buf.truncate(len);
+        Ok(Some((loc.meta, buf)))
     }
 
     /// Maps the segment again (it grew since it was mapped) and shares the new map.
