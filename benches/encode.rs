@@ -289,8 +289,8 @@ fn encode_pass(
     let tokens = model.tokens_per_frame();
     let positions = Tensor::f_arange(tokens, (Kind::Int64, model.device()))?;
     let opts = ForwardOptions {
-        append: false,
         return_kv: true,
+        ..Default::default()
     };
     let mut times = PassTimes::default();
     let mut first = None;

@@ -10,6 +10,11 @@
 //!   rotated to the positions they are given in this context, and values, concatenated
 //!   in attention order. Built from segments ([`AttnContext::push_segment`]) or grown
 //!   by prefill/decode steps that append their own tokens.
+//!
+//! The layers of a context may hold different tokens: ReKV retrieves its own top-k
+//! blocks in each layer, pushed with [`AttnContext::push_layers`]. What the layers
+//! share is the number of tokens and their positions, so the context has one length
+//! and the chunk attending to it one set of positions.
 
 use tch::{Kind, Tensor};
 
@@ -90,7 +95,8 @@ pub(crate) struct LayerContext {
 }
 
 /// What a prefill or decode step attends over besides its own tokens.
-/// Invariant: all layers hold the same C tokens, C == `len`.
+/// Invariant: every layer holds C tokens, C == `len` (the same tokens in every layer,
+/// unless pushed per layer with [`AttnContext::push_layers`]).
 #[derive(Debug, Default)]
 pub struct AttnContext {
     pub(crate) layers: Vec<Option<LayerContext>>,
@@ -123,28 +129,91 @@ impl AttnContext {
         segment: &KvSegment,
         positions: &Tensor,
     ) -> ModelResult<()> {
-        if segment.layers.len() != self.layers.len() {
+        self.push_layers(rotary, &segment.layers, positions)
+    }
+
+    /// Appends different tokens to each layer: `per_layer[l]` holds layer l's keys
+    /// before rotary and values, [kv_heads, T, head_dim] each, with the same T in every
+    /// layer. Keys are rotated to `positions` ([T], int64) and appended to their layer;
+    /// the length grows by T. ReKV's per-layer retrieval builds its context this way.
+    ///
+    /// An error — `per_layer.len()` other than the number of layers, a T that differs
+    /// between layers or between a layer's keys and values, `positions` not [T], a
+    /// layer whose heads or head size differ from what the context holds — leaves the
+    /// context unchanged.
+    pub fn push_layers(
+        &mut self,
+        rotary: &Rotary,
+        per_layer: &[LayerKv],
+        positions: &Tensor,
+    ) -> ModelResult<()> {
+        if per_layer.len() != self.layers.len() {
             return Err(ModelError::InvalidInput(format!(
-                "segment has {} layers, context {}",
-                segment.layers.len(),
+                "{} layers of KV given, context has {}",
+                per_layer.len(),
                 self.layers.len()
             )));
         }
-        let t = segment.len();
+        let mut t = None;
+        for (l, (kv, slot)) in per_layer.iter().zip(&self.layers).enumerate() {
+            let keys = kv.keys.size();
+            let values = kv.values.size();
+            if keys.len() != 3 || values.len() != 3 || keys[..2] != values[..2] {
+                return Err(ModelError::InvalidInput(format!(
+                    "layer {l}: keys {keys:?} and values {values:?} must be \
+                     [kv_heads, T, head_dim] with the same heads and T"
+                )));
+            }
+            let layer_t = keys[1];
+            match t {
+                None => t = Some(layer_t),
+                Some(t) if t != layer_t => {
+                    return Err(ModelError::InvalidInput(format!(
+                        "layer {l} holds {layer_t} tokens, layer 0 {t}: every layer \
+                         must hold the same number"
+                    )))
+                }
+                Some(_) => {}
+            }
+            if let Some(prev) = slot {
+                let (pk, pv) = (prev.keys.size(), prev.values.size());
+                let fits = pk.len() == 4
+                    && pv.len() == 4
+                    && pk[1] == keys[0]
+                    && pk[3] == keys[2]
+                    && pv[1] == values[0]
+                    && pv[3] == values[2];
+                if !fits {
+                    return Err(ModelError::InvalidInput(format!(
+                        "layer {l}: keys {keys:?} and values {values:?} do not fit a \
+                         context of keys {pk:?} and values {pv:?}"
+                    )));
+                }
+            }
+        }
+        let t = t.unwrap_or(0);
         if positions.size() != [t] {
             return Err(ModelError::InvalidInput(format!(
-                "segment of {t} tokens given positions of shape {:?}",
+                "{t} tokens given positions of shape {:?}",
                 positions.size()
             )));
         }
         if t == 0 {
             return Ok(());
         }
-        let dtype = segment.layers[0].keys.kind();
+        // Rotate every layer before touching the context, so a failure leaves it as is.
+        let dtype = per_layer[0].keys.kind();
         let (cos, sin) = rotary.cos_sin(positions, dtype)?;
-        for (slot, kv) in self.layers.iter_mut().zip(&segment.layers) {
-            let keys = apply_rotary(&kv.keys, &cos, &sin)?.f_unsqueeze(0)?;
-            let values = kv.values.f_unsqueeze(0)?;
+        let rotated = per_layer
+            .iter()
+            .map(|kv| {
+                Ok((
+                    apply_rotary(&kv.keys, &cos, &sin)?.f_unsqueeze(0)?,
+                    kv.values.f_unsqueeze(0)?,
+                ))
+            })
+            .collect::<ModelResult<Vec<_>>>()?;
+        for (slot, (keys, values)) in self.layers.iter_mut().zip(rotated) {
             append(slot, keys, values)?;
         }
         self.len += t;

@@ -308,7 +308,7 @@ impl LlavaOnevision {
         let positions = Tensor::f_arange(t, (Kind::Int64, self.device))?;
         let append = ForwardOptions {
             append: true,
-            return_kv: false,
+            ..Default::default()
         };
         let out = self.decoder.forward(embeds, &positions, &mut ctx, append)?;
         let logits = self.decoder.logits(&out.hidden)?;

@@ -7,8 +7,20 @@
 //! [T, hidden] at explicit positions against an [`AttnContext`] of C tokens (sinks,
 //! retrieved blocks, recent window — anything), attending to all C context tokens and
 //! causally within the chunk. It can return the chunk's per-layer keys *before* rotary
-//! and values (a [`KvSegment`]) for storage, and can append the chunk to the context
-//! (prefill followed by decode).
+//! and values (a [`KvSegment`]) for storage, can append the chunk to the context
+//! (prefill followed by decode), and can return the chunk's per-layer query vectors
+//! for retrieval.
+//!
+//! Retrieval (ReKV) scores each stored block, in each layer, by the dot product of the
+//! question's query vector with the block's representative key. Both live in the same
+//! [kv_heads · head_dim] space, before rotary embedding, so that neither depends on
+//! where the block or the question sit:
+//! - the question's query ([`ChunkOutput::queries`]): the layer's query projection of
+//!   the chunk before rotary, averaged over the chunk's tokens, then over the query
+//!   heads of each GQA group (query head h belongs to KV head h / (num_heads /
+//!   kv_heads), as `enable_gqa` and `repeat_kv` group them), KV heads concatenated;
+//! - a block's representative key: the mean over its tokens of its keys before rotary
+//!   (as a [`KvSegment`] stores them), KV heads concatenated.
 
 use tch::{Kind, Tensor};
 
@@ -83,6 +95,8 @@ pub struct ForwardOptions {
     pub append: bool,
     /// Return the chunk's keys before rotary and values.
     pub return_kv: bool,
+    /// Return the chunk's per-layer query vectors ([`ChunkOutput::queries`]).
+    pub return_queries: bool,
 }
 
 /// Result of one [`Qwen2::forward`] call.
@@ -92,6 +106,17 @@ pub struct ChunkOutput {
     pub hidden: Tensor,
     /// The chunk's KV, if asked for.
     pub kv: Option<KvSegment>,
+    /// The chunk's query vectors, if asked for ([`ForwardOptions::return_queries`]):
+    /// [num_layers, kv_heads · head_dim], fp32, on the CPU. Row l is layer l's query
+    /// projection of the chunk *before* rotary embedding ([1, num_heads, T, head_dim]),
+    /// averaged over the T tokens, then over the query heads of each GQA group (query
+    /// head h belongs to KV head h / (num_heads / kv_heads)), giving [kv_heads,
+    /// head_dim], flattened KV head by KV head. This is ReKV's question
+    /// representation: retrieval dots row l with each stored block's representative
+    /// key in layer l, the mean of the block's keys before rotary with KV heads
+    /// concatenated (same layout). Being taken before rotary, it does not depend on
+    /// the positions the chunk is run at.
+    pub queries: Option<Tensor>,
 }
 
 /// The Qwen2 decoder with its LM head.
@@ -198,7 +223,8 @@ impl Qwen2 {
             .f_to_kind(Kind::Float)?)
     }
 
-    /// Runs `embeds` [T, hidden] at `positions` [T] (int64) against `ctx`.
+    /// Runs `embeds` [T, hidden] at `positions` [T] (int64) against `ctx`. Asking for
+    /// queries of an empty chunk (T = 0) is an error: they would be a mean over nothing.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -220,6 +246,11 @@ impl Qwen2 {
                 self.layers.len()
             )));
         }
+        if opts.return_queries && t == 0 {
+            return Err(ModelError::InvalidInput(
+                "queries asked of an empty chunk".into(),
+            ));
+        }
         let c = ctx.len();
         let dtype = embeds.kind();
         let (cos, sin) = self.rotary.cos_sin(positions, dtype)?;
@@ -234,6 +265,7 @@ impl Qwen2 {
         let is_causal = c == 0 && t > 1;
         let mut x = embeds.f_unsqueeze(0)?;
         let mut kv_out = Vec::new();
+        let mut queries = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = &layer.self_attn;
@@ -243,7 +275,11 @@ impl Qwen2 {
                     .f_view([1, t, heads, self.head_dim])?
                     .f_transpose(1, 2)?)
             };
-            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
+            let q_raw = split(&attn.q_proj, self.num_heads)?;
+            if opts.return_queries {
+                queries.push(self.grouped_query(&q_raw)?);
+            }
+            let q = apply_rotary(&q_raw, &cos, &sin)?;
             let k_raw = split(&attn.k_proj, self.kv_heads)?;
             let v = split(&attn.v_proj, self.kv_heads)?;
             let k = apply_rotary(&k_raw, &cos, &sin)?;
@@ -284,9 +320,29 @@ impl Qwen2 {
             ctx.grow(t);
         }
         let hidden = self.norm.forward(&x)?.f_squeeze_dim(0)?;
+        let queries = if opts.return_queries {
+            // One transfer for all layers.
+            Some(Tensor::f_stack(&queries, 0)?.f_to_device(tch::Device::Cpu)?)
+        } else {
+            None
+        };
         Ok(ChunkOutput {
             hidden,
             kv: opts.return_kv.then_some(KvSegment { layers: kv_out }),
+            queries,
         })
+    }
+
+    /// One layer's query vector from its queries before rotary, [1, num_heads, T,
+    /// head_dim]: mean over the T tokens, then over the query heads of each GQA group
+    /// (consecutive heads, as `repeat_kv` lays them out), in fp32 → [kv_heads · head_dim].
+    fn grouped_query(&self, q_raw: &Tensor) -> ModelResult<Tensor> {
+        let group = self.num_heads / self.kv_heads;
+        Ok(q_raw
+            .f_to_kind(Kind::Float)?
+            .f_mean_dim(2, false, Kind::Float)?
+            .f_reshape([self.kv_heads, group, self.head_dim])?
+            .f_mean_dim(1, false, Kind::Float)?
+            .f_reshape([self.kv_heads * self.head_dim])?)
     }
 }
