@@ -4,7 +4,7 @@
 //! heads concatenated) that retrieval scores questions against.
 //!
 //! [`Block`] holds tensors as the model produced them; [`CompressedBlock`] is the stored
-//! form (16-bit floats, or int8/int4 quantised as in [`super::quant`]) with its
+//! form (32- or 16-bit floats, or int8/int4 quantised as in [`super::quant`]) with its
 //! serialisation, used by both the RAM tier and the disk tier.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -145,9 +145,15 @@ fn encode_tensor(
     what: &'static str,
 ) -> Result<(), KvError> {
     match quant {
-        Quant::F16 | Quant::Bf16 => {
+        Quant::F32 | Quant::F16 | Quant::Bf16 => {
             if !x.iter().all(|v| v.is_finite()) {
                 return Err(KvError::NonFinite(what));
+            }
+            if quant == Quant::F32 {
+                for &v in x {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                return Ok(());
             }
             for &v in x {
                 let bytes = if quant == Quant::F16 {
@@ -180,6 +186,7 @@ fn encoded_len(meta: &BlockMeta, quant: Quant, grouping: Grouping) -> usize {
         Grouping::PerToken => heads * tokens,
     };
     match quant {
+        Quant::F32 => 4 * n,
         Quant::F16 | Quant::Bf16 => 2 * n,
         Quant::Int8 => groups * 8 + n,
         Quant::Int4 => groups * 8 + n.div_ceil(2),
@@ -194,6 +201,10 @@ fn decode_tensor(
 ) -> Result<Vec<f32>, KvError> {
     let n = meta.elements();
     match quant {
+        Quant::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
         Quant::F16 | Quant::Bf16 => Ok(bytes
             .chunks_exact(2)
             .map(|b| {
@@ -288,9 +299,31 @@ impl CompressedBlock {
     /// The block's K and V as tensors [kv_heads, tokens, head_dim] of `dtype` on
     /// `device`, dequantised.
     pub fn to_segment(&self, device: Device, dtype: Kind) -> Result<KvSegment, KvError> {
+        let layers = (0..self.meta.layers as usize)
+            .map(|l| self.layer_kv(l, device, dtype))
+            .collect::<Result<_, _>>()?;
+        Ok(KvSegment { layers })
+    }
+
+    /// Layer `layer`'s K and V alone, dequantised ([kv_heads, tokens, head_dim] of
+    /// `dtype` on `device`): retrieval picks blocks per layer, so it dequantises only
+    /// the layers that chose a block.
+    pub fn layer_kv(&self, layer: usize, device: Device, dtype: Kind) -> Result<LayerKv, KvError> {
         let m = &self.meta;
+        if layer >= m.layers as usize {
+            return Err(KvError::InvalidBlock(format!(
+                "layer {layer} of a block with {} layers",
+                m.layers
+            )));
+        }
         let k_len = encoded_len(m, self.quant, Grouping::PerChannel);
         let v_len = encoded_len(m, self.quant, Grouping::PerToken);
+        let start = layer * (k_len + v_len);
+        let section = self
+            .data
+            .get(start..start + k_len + v_len)
+            .ok_or_else(|| KvError::InvalidBlock("block data shorter than its shape".into()))?;
+        let (k, v) = section.split_at(k_len);
         let shape = [m.kv_heads as i64, m.tokens as i64, m.head_dim as i64];
         let tensor = |v: Vec<f32>| -> Result<Tensor, KvError> {
             Ok(Tensor::from_slice(&v)
@@ -298,15 +331,10 @@ impl CompressedBlock {
                 .f_to_kind(dtype)?
                 .f_to_device(device)?)
         };
-        let mut layers = Vec::with_capacity(m.layers as usize);
-        for chunk in self.data.chunks_exact(k_len + v_len) {
-            let (k, v) = chunk.split_at(k_len);
-            layers.push(LayerKv {
-                keys: tensor(decode_tensor(k, m, self.quant, Grouping::PerChannel)?)?,
-                values: tensor(decode_tensor(v, m, self.quant, Grouping::PerToken)?)?,
-            });
-        }
-        Ok(KvSegment { layers })
+        Ok(LayerKv {
+            keys: tensor(decode_tensor(k, m, self.quant, Grouping::PerChannel)?)?,
+            values: tensor(decode_tensor(v, m, self.quant, Grouping::PerToken)?)?,
+        })
     }
 
     /// Serialises to bytes (the disk tier's record payload).

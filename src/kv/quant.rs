@@ -13,6 +13,8 @@ use crate::error::KvError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quant {
+    /// Lossless 32-bit floats: exact round trips (equivalence tests, debugging).
+    F32,
     F16,
     Bf16,
     Int8,
@@ -26,6 +28,7 @@ impl Quant {
             Quant::Bf16 => 1,
             Quant::Int8 => 2,
             Quant::Int4 => 3,
+            Quant::F32 => 4,
         }
     }
 
@@ -35,11 +38,12 @@ impl Quant {
             1 => Some(Quant::Bf16),
             2 => Some(Quant::Int8),
             3 => Some(Quant::Int4),
+            4 => Some(Quant::F32),
             _ => None,
         }
     }
 
-    /// Bits per quantised code (`None` for the 16-bit float formats).
+    /// Bits per quantised code (`None` for the float formats).
     pub fn bits(self) -> Option<u32> {
         match self {
             Quant::Int8 => Some(8),
