@@ -11,12 +11,18 @@
 //! - [`ingest`]: GStreamer sources → sampled, timestamped RGB frames in a bounded
 //!   queue, with reconnection.
 //! - [`kv`]: compressed KV blocks in a RAM tier and a crash-safe disk tier.
+//! - [`retrieval`]: ReKV block selection: per-layer top-k by representative keys,
+//!   time ranges, uniform sampling.
+//! - [`engine`]: the model-owning thread: streaming encode with a sliding window,
+//!   questions answered over retrieved blocks, scheduling.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
 
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod ingest;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod retrieval;
