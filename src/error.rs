@@ -190,3 +190,48 @@ impl KvError {
         }
     }
 }
+
+/// Errors of the engine (`crate::engine`): streams, encoding and answering.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown stream `{0}`")]
+    UnknownStream(String),
+    #[error("stream `{0}` already exists")]
+    StreamExists(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("stream `{0}` has nothing encoded in the asked time range")]
+    NoContent(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl EngineError {
+    /// Stable label for metrics and structured logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            EngineError::UnknownStream(_) => "unknown_stream",
+            EngineError::StreamExists(_) => "stream_exists",
+            EngineError::InvalidRequest(_) => "invalid_request",
+            EngineError::NoContent(_) => "no_content",
+            EngineError::Cancelled => "cancelled",
+            EngineError::ShuttingDown => "shutting_down",
+            EngineError::Model(e) => e.error_type(),
+            EngineError::Kv(e) => e.error_type(),
+            EngineError::Ingest(e) => e.error_type(),
+            EngineError::Torch(_) => "torch",
+        }
+    }
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;

@@ -44,6 +44,31 @@ pub const KV_COMPRESSION_RATIO: &str = "vstreamd_kv_compression_ratio";
 /// Near-duplicate blocks dropped. Labels: `stream`.
 pub const KV_DEDUP_DROPS: &str = "vstreamd_kv_duplicate_blocks_dropped_total";
 
+/// Frames encoded into blocks. Labels: `stream`.
+pub const ENGINE_FRAMES_ENCODED: &str = "vstreamd_engine_frames_encoded_total";
+/// Wall time of one encode batch (vision tower + projector + prefill), all streams.
+pub const ENGINE_ENCODE_BATCH_SECONDS: &str = "vstreamd_engine_encode_batch_seconds";
+/// Frames per encode batch.
+pub const ENGINE_BATCH_FRAMES: &str = "vstreamd_engine_batch_frames";
+/// Frames whose encoding failed (the stream goes on). Labels: `stream`, `error_type`.
+pub const ENGINE_ENCODE_ERRORS: &str = "vstreamd_engine_encode_errors_total";
+/// Questions answered by mode and outcome. Labels: `mode`, `outcome`.
+pub const ENGINE_ASKS: &str = "vstreamd_engine_asks_total";
+/// Time from a question reaching the engine to its first token. Labels: `mode`.
+pub const ENGINE_TIME_TO_FIRST_TOKEN: &str = "vstreamd_engine_time_to_first_token_seconds";
+/// Time a question waited in the engine's queue before work on it began.
+pub const ENGINE_ASK_QUEUE_SECONDS: &str = "vstreamd_engine_ask_queue_seconds";
+/// Tokens generated in answers.
+pub const ENGINE_TOKENS_GENERATED: &str = "vstreamd_engine_tokens_generated_total";
+/// Streams the engine is encoding.
+pub const ENGINE_STREAMS: &str = "vstreamd_engine_streams";
+/// Blocks scored per question (representative keys scanned).
+pub const RETRIEVAL_BLOCKS_SCANNED: &str = "vstreamd_retrieval_blocks_scanned";
+/// Blocks loaded into a question's context by tier. Labels: `tier` (`ram`, `disk`).
+pub const RETRIEVAL_BLOCKS_LOADED: &str = "vstreamd_retrieval_blocks_loaded_total";
+/// Time to score candidates and load the selected blocks.
+pub const RETRIEVAL_SECONDS: &str = "vstreamd_retrieval_seconds";
+
 /// Describes every metric (help text for the exporter).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -79,6 +104,37 @@ pub fn describe() {
     describe_counter!(KV_WRITE_ERRORS, "Disk tier write errors by type");
     describe_gauge!(KV_COMPRESSION_RATIO, "Uncompressed over stored block bytes");
     describe_counter!(KV_DEDUP_DROPS, "Near-duplicate blocks dropped");
+    describe_counter!(ENGINE_FRAMES_ENCODED, "Frames encoded into KV blocks");
+    describe_histogram!(
+        ENGINE_ENCODE_BATCH_SECONDS,
+        Unit::Seconds,
+        "Wall time of one encode batch"
+    );
+    describe_histogram!(ENGINE_BATCH_FRAMES, "Frames per encode batch");
+    describe_counter!(ENGINE_ENCODE_ERRORS, "Frames whose encoding failed");
+    describe_counter!(ENGINE_ASKS, "Questions by mode and outcome");
+    describe_histogram!(
+        ENGINE_TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from a question reaching the engine to its first token"
+    );
+    describe_histogram!(
+        ENGINE_ASK_QUEUE_SECONDS,
+        Unit::Seconds,
+        "Time a question waited for the engine"
+    );
+    describe_counter!(ENGINE_TOKENS_GENERATED, "Answer tokens generated");
+    describe_gauge!(ENGINE_STREAMS, "Streams being encoded");
+    describe_histogram!(RETRIEVAL_BLOCKS_SCANNED, "Blocks scored per question");
+    describe_counter!(
+        RETRIEVAL_BLOCKS_LOADED,
+        "Blocks loaded into answers by tier"
+    );
+    describe_histogram!(
+        RETRIEVAL_SECONDS,
+        Unit::Seconds,
+        "Time to score and load the blocks of a question"
+    );
     describe_histogram!(
         INGEST_ENQUEUE_LATENCY,
         Unit::Seconds,

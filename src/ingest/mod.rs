@@ -172,6 +172,33 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame from packed RGB bytes made outside a GStreamer pipeline (synthetic
+    /// sources, tests); `rgb` must hold `width · height · 3` bytes.
+    pub fn from_rgb(
+        stream_id: Arc<str>,
+        seq: u64,
+        pts: Duration,
+        captured_at: SystemTime,
+        (width, height): (u32, u32),
+        rgb: Vec<u8>,
+    ) -> Result<Self, IngestError> {
+        if rgb.len() != width as usize * height as usize * 3 {
+            return Err(IngestError::InvalidConfig(format!(
+                "{} bytes for a {width}x{height} RGB frame",
+                rgb.len()
+            )));
+        }
+        Ok(Self {
+            stream_id,
+            seq,
+            pts,
+            captured_at,
+            width,
+            height,
+            data: FrameData::Owned(rgb),
+        })
+    }
+
     /// Tightly packed RGB rows, `height · width · 3` bytes.
     pub fn rgb(&self) -> &[u8] {
         match &self.data {

@@ -1,0 +1,397 @@
+//! Answering a question about a stream: the context it attends over, then decoding.
+//!
+//! The context is ReKV's `[sinks + retrieved blocks + recent window + question]`, all at
+//! contiguous positions: sinks at `0..S`, then each layer's chosen blocks in temporal
+//! order (keys stored before rotary, re-rotated here to their new positions), then the
+//! recent window, then the question (the `image_newline` embedding and the templated
+//! question text). Which blocks depends on the mode:
+//! - retrieve: the question is first run over `[sinks + window]` to get its per-layer
+//!   query vectors; each layer takes its own top-k stored blocks by the dot product with
+//!   their representative keys ([`crate::retrieval`]);
+//! - recent: the window only;
+//! - uniform: k blocks spread evenly over the range, the same in every layer.
+//!
+//! Retrieving every block, unquantised, with a window wider than the stream is exactly
+//! the prompt `transformers` builds for the whole video (tested).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tch::{Kind, Tensor};
+
+use crate::engine::config::{AskMode, AskRequest, Sampling};
+use crate::engine::prompt::PromptLayout;
+use crate::engine::stream::{positions, StreamCtx, WindowFrame};
+use crate::error::{EngineError, EngineResult};
+use crate::kv::{BlockMeta, CompressedBlock, Tier};
+use crate::metrics as names;
+use crate::model::{AttnContext, ForwardOptions, LayerKv, LlavaOnevision};
+use crate::retrieval::{self, Selection};
+
+/// Where a cited block's KV came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSource {
+    /// The recent window (full precision, in the engine).
+    Window,
+    Ram,
+    Disk,
+}
+
+impl From<Tier> for BlockSource {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Ram => BlockSource::Ram,
+            Tier::Disk => BlockSource::Disk,
+        }
+    }
+}
+
+/// A block an answer attended to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Citation {
+    pub seq: u64,
+    /// Stream time of the frame.
+    pub pts: Duration,
+    /// Wall-clock capture time of the frame.
+    pub wall: SystemTime,
+    /// Mean over layers of its retrieval score (retrieved blocks only).
+    pub score: Option<f32>,
+    /// Layers whose context held it.
+    pub layers: u32,
+    pub source: BlockSource,
+}
+
+/// What answering a question took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    /// Candidate blocks whose representative keys were scored.
+    pub blocks_scanned: usize,
+    pub blocks_from_ram: usize,
+    pub blocks_from_disk: usize,
+    pub window_frames: usize,
+    /// Tokens attended by the question (sinks, blocks, window).
+    pub context_tokens: i64,
+    /// Scoring and loading blocks.
+    pub retrieval: Duration,
+    /// From the question reaching the engine to its first token.
+    pub time_to_first_token: Duration,
+    /// From the question reaching the engine to work on it starting.
+    pub queued: Duration,
+    pub total: Duration,
+}
+
+/// A question's context, ready to decode.
+pub struct Prepared {
+    pub ctx: AttnContext,
+    /// The question chunk's embeddings [T, hidden] and positions [T].
+    pub question: Tensor,
+    pub positions: Tensor,
+    /// In temporal order.
+    pub citations: Vec<Citation>,
+    pub figures: Figures,
+}
+
+/// Builds the context of `req` over `stream` (see the module doc).
+pub fn prepare(
+    model: &LlavaOnevision,
+    layout: &PromptLayout,
+    stream: &mut StreamCtx,
+    req: &AskRequest,
+    default_k: usize,
+    now: SystemTime,
+) -> EngineResult<Prepared> {
+    let range = req.range.resolve(now);
+    let question = layout.question_embeddings(model, &req.question)?;
+    let layers = model.decoder().num_layers();
+    let device = model.device();
+    let k = req.top_k.unwrap_or(default_k);
+
+    // The recent frames used as they are: the last r of the window inside the range.
+    let recent_default = match req.mode {
+        AskMode::Uniform => 0,
+        AskMode::Retrieve | AskMode::Recent => usize::MAX,
+    };
+    let r = req.recent_frames.unwrap_or(recent_default);
+    let in_range: Vec<usize> = (0..stream.window().len())
+        .filter(|&i| range.contains(&stream.window()[i].meta))
+        .collect();
+    let recent_idx: Vec<usize> = in_range[in_range.len().saturating_sub(r)..].to_vec();
+    let first_recent = recent_idx
+        .first()
+        .map_or(u64::MAX, |&i| stream.window()[i].meta.seq);
+
+    // Candidates: stored blocks in range, older than the recent frames used.
+    let candidates: Vec<BlockMeta> = match req.mode {
+        AskMode::Recent => Vec::new(),
+        AskMode::Retrieve | AskMode::Uniform => stream
+            .store
+            .metas()
+            .filter(|m| m.seq < first_recent && range.contains(m))
+            .copied()
+            .collect(),
+    };
+    if candidates.is_empty() && recent_idx.is_empty() {
+        return Err(EngineError::NoContent(stream.id.to_string()));
+    }
+
+    let started = Instant::now();
+    let selection = match req.mode {
+        AskMode::Recent => Selection::default(),
+        AskMode::Uniform => retrieval::select_uniform(candidates.len(), k, layers),
+        AskMode::Retrieve if candidates.is_empty() => Selection::default(),
+        AskMode::Retrieve => {
+            let recent: Vec<&WindowFrame> =
+                recent_idx.iter().map(|&i| &stream.window()[i]).collect();
+            let queries = question_queries(model, stream, &recent, &question)?;
+            let wanted: HashMap<u64, usize> = candidates
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.seq, i))
+                .collect();
+            let mut keys: Vec<Arc<[f32]>> = vec![Arc::from(Vec::new()); candidates.len()];
+            for (seq, key) in stream.store.rep_keys()? {
+                if let Some(&i) = wanted.get(&seq) {
+                    keys[i] = key;
+                }
+            }
+            let scores = retrieval::score_blocks(&queries, layers, &keys);
+            retrieval::select_top_k(&scores, k)
+        }
+    };
+    let picked: Vec<u64> = selection
+        .picks
+        .iter()
+        .map(|p| candidates[p.index].seq)
+        .collect();
+    let loaded = stream.store.get_many(&picked)?;
+    let retrieval_time = started.elapsed();
+    let recent: Vec<&WindowFrame> = recent_idx.iter().map(|&i| &stream.window()[i]).collect();
+
+    let mut figures = Figures {
+        blocks_scanned: candidates.len(),
+        window_frames: recent.len(),
+        retrieval: retrieval_time,
+        ..Default::default()
+    };
+    let mut citations = Vec::with_capacity(picked.len() + recent.len());
+    let mut blocks: HashMap<usize, Arc<CompressedBlock>> = HashMap::new();
+    for (pick, (block, tier)) in selection.picks.iter().zip(loaded) {
+        match tier {
+            Tier::Ram => figures.blocks_from_ram += 1,
+            Tier::Disk => figures.blocks_from_disk += 1,
+        }
+        let meta = &candidates[pick.index];
+        citations.push(Citation {
+            seq: meta.seq,
+            pts: meta.pts,
+            wall: meta.wall(),
+            score: pick.score,
+            layers: pick.layers,
+            source: tier.into(),
+        });
+        blocks.insert(pick.index, block);
+    }
+    for f in &recent {
+        citations.push(Citation {
+            seq: f.meta.seq,
+            pts: f.meta.pts,
+            wall: f.meta.wall(),
+            score: None,
+            layers: layers as u32,
+            source: BlockSource::Window,
+        });
+    }
+    record_loads(&figures, retrieval_time);
+
+    // [sinks + per-layer blocks], then the window, then the question.
+    let dec = model.decoder();
+    let mut ctx = stream.sinks_and(model, &[])?;
+    if selection.k() > 0 {
+        let mut per_layer = Vec::with_capacity(layers);
+        for (l, chosen) in selection.per_layer.iter().enumerate() {
+            let parts = chosen
+                .iter()
+                .map(|i| {
+                    blocks
+                        .get(i)
+                        .ok_or_else(|| {
+                            EngineError::InvalidRequest(format!("block {i} not loaded"))
+                        })?
+                        .layer_kv(l, device, model.dtype())
+                        .map_err(EngineError::from)
+                })
+                .collect::<EngineResult<Vec<LayerKv>>>()?;
+            let keys: Vec<&Tensor> = parts.iter().map(|p| &p.keys).collect();
+            let values: Vec<&Tensor> = parts.iter().map(|p| &p.values).collect();
+            per_layer.push(LayerKv {
+                keys: Tensor::f_cat(&keys, 1)?,
+                values: Tensor::f_cat(&values, 1)?,
+            });
+        }
+        let t = per_layer[0].keys.size()[1];
+        ctx.push_layers(dec.rotary(), &per_layer, &positions(ctx.len(), t, device)?)?;
+    }
+    if !recent.is_empty() {
+        let parts: Vec<&crate::model::KvSegment> = recent.iter().map(|f| &f.kv).collect();
+        let window = crate::model::KvSegment::concat(&parts)?;
+        ctx.push_segment(
+            dec.rotary(),
+            &window,
+            &positions(ctx.len(), window.len(), device)?,
+        )?;
+    }
+    figures.context_tokens = ctx.len();
+    let q_len = question.size()[0];
+    let positions = positions(ctx.len(), q_len, device)?;
+    citations.sort_by_key(|c| c.seq);
+    Ok(Prepared {
+        ctx,
+        question,
+        positions,
+        citations,
+        figures,
+    })
+}
+
+fn record_loads(figures: &Figures, took: Duration) {
+    metrics::histogram!(names::RETRIEVAL_BLOCKS_SCANNED).record(figures.blocks_scanned as f64);
+    metrics::counter!(names::RETRIEVAL_BLOCKS_LOADED, "tier" => "ram")
+        .increment(figures.blocks_from_ram as u64);
+    metrics::counter!(names::RETRIEVAL_BLOCKS_LOADED, "tier" => "disk")
+        .increment(figures.blocks_from_disk as u64);
+    metrics::histogram!(names::RETRIEVAL_SECONDS).record(took.as_secs_f64());
+}
+
+/// The question's per-layer query vectors [layers · kv_heads · head_dim], from a pass
+/// of the question over `[sinks + recent]`.
+fn question_queries(
+    model: &LlavaOnevision,
+    stream: &StreamCtx,
+    recent: &[&WindowFrame],
+    question: &Tensor,
+) -> EngineResult<Vec<f32>> {
+    let mut ctx = stream.sinks_and(model, recent)?;
+    let q_len = question.size()[0];
+    let pos = positions(ctx.len(), q_len, model.device())?;
+    let opts = ForwardOptions {
+        return_queries: true,
+        ..Default::default()
+    };
+    let out = model.decoder().forward(question, &pos, &mut ctx, opts)?;
+    let queries = out
+        .queries
+        .ok_or_else(|| EngineError::InvalidRequest("forward returned no queries".into()))?;
+    let flat = queries
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_contiguous()?
+        .f_reshape([-1])?;
+    Ok(Vec::<f32>::try_from(&flat)?)
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn (a stop token).
+    Stop,
+    /// A stop string was produced.
+    StopString,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The caller cancelled (or went away).
+    Cancelled,
+}
+
+/// Decodes the answer of a prepared question: `on_token(id, text)` receives each new
+/// piece of text as it is produced and returns false to cancel. Returns the tokens (the
+/// stop token excluded), the full text and why it ended. `first_token` is called once,
+/// when the first token is known.
+pub fn generate(
+    model: &LlavaOnevision,
+    prepared: &mut Prepared,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    stop_strings: &[String],
+    mut first_token: impl FnMut(),
+    mut on_token: impl FnMut(i64, &str) -> bool,
+) -> EngineResult<(Vec<i64>, String, FinishReason)> {
+    let dec = model.decoder();
+    let device = model.device();
+    let stop_ids = model.stop_tokens();
+    let opts = ForwardOptions {
+        append: true,
+        ..Default::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(sampling.seed);
+    let out = dec.forward(
+        &prepared.question,
+        &prepared.positions,
+        &mut prepared.ctx,
+        opts,
+    )?;
+    let last = out.hidden.f_narrow(0, out.hidden.size()[0] - 1, 1)?;
+    let mut next = pick(&dec.logits(&last)?, sampling, &mut rng)?;
+    first_token();
+    let mut pos = prepared.ctx.len();
+    let mut tokens: Vec<i64> = Vec::new();
+    let mut text = String::new();
+    loop {
+        if stop_ids.contains(&next) {
+            return Ok((tokens, text, FinishReason::Stop));
+        }
+        tokens.push(next);
+        let full = model.text.decode(&tokens, true)?;
+        // Emit only whole characters: a byte-level token may complete one later.
+        let piece = full.get(text.len()..).unwrap_or_default().to_owned();
+        if !piece.ends_with('\u{FFFD}') {
+            text = full;
+            if !on_token(next, &piece) {
+                return Ok((tokens, text, FinishReason::Cancelled));
+            }
+        }
+        if stop_strings.iter().any(|s| text.ends_with(s.as_str())) {
+            return Ok((tokens, text, FinishReason::StopString));
+        }
+        if tokens.len() >= max_new_tokens {
+            return Ok((tokens, text, FinishReason::Length));
+        }
+        let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
+        let p = positions(pos, 1, device)?;
+        let out = dec.forward(&dec.embed(&ids)?, &p, &mut prepared.ctx, opts)?;
+        pos += 1;
+        next = pick(&dec.logits(&out.hidden)?, sampling, &mut rng)?;
+    }
+}
+
+/// Greedy, or temperature + nucleus (top-p) sampling, from logits [1, vocab].
+fn pick(logits: &Tensor, sampling: Sampling, rng: &mut fastrand::Rng) -> EngineResult<i64> {
+    let logits = logits.f_reshape([-1])?.f_to_kind(Kind::Float)?;
+    if sampling.temperature <= 0.0 {
+        return Ok(logits.f_argmax(-1, false)?.int64_value(&[]));
+    }
+    let probs = logits
+        .f_div_scalar(f64::from(sampling.temperature))?
+        .f_softmax(-1, Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?;
+    let probs = Vec::<f32>::try_from(&probs)?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut kept = Vec::new();
+    let mut mass = 0.0f32;
+    for &i in &order {
+        kept.push(i);
+        mass += probs[i];
+        if mass >= sampling.top_p {
+            break;
+        }
+    }
+    let mut x = rng.f32() * mass;
+    for &i in &kept {
+        x -= probs[i];
+        if x <= 0.0 {
+            return Ok(i as i64);
+        }
+    }
+    Ok(kept.last().copied().unwrap_or(0) as i64)
+}

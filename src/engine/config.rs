@@ -1,0 +1,172 @@
+//! Settings of the engine and of one question.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{EngineError, EngineResult};
+use crate::kv::StoreConfig;
+use crate::retrieval::TimeRange;
+
+/// How the engine encodes and answers.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Root of the streams' KV stores: stream `s` keeps its disk tier in
+    /// `state_dir/kv/s`.
+    pub state_dir: PathBuf,
+    /// The recent window W, in frames: each new frame attends to the sinks and the
+    /// last W frames (≥ 1). Cost per frame is bounded by it, however long the stream.
+    pub window_frames: usize,
+    /// At most this many frames per encode batch, over all streams (≥ 1). A question
+    /// waits for at most one batch.
+    pub batch_frames: usize,
+    /// Blocks each layer retrieves when a question does not say (≥ 1).
+    pub top_k: usize,
+    /// Answer length when a question does not say.
+    pub max_new_tokens: usize,
+    /// Upper bound a question may ask for.
+    pub max_new_tokens_limit: usize,
+    /// Each stream's KV store (a stream may bring its own).
+    pub store: StoreConfig,
+    /// How often retention runs over the disk tiers.
+    pub retention_interval: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for CPU edge boxes: a window of 8 frames, batches of 4, top-16.
+    pub fn new(state_dir: impl Into<PathBuf>, store: StoreConfig) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            window_frames: 8,
+            batch_frames: 4,
+            top_k: 16,
+            max_new_tokens: 64,
+            max_new_tokens_limit: 1024,
+            store,
+            retention_interval: Duration::from_secs(10),
+        }
+    }
+
+    pub fn validate(&self) -> EngineResult<()> {
+        let bad = |m: &str| Err(EngineError::InvalidRequest(format!("engine config: {m}")));
+        if self.window_frames == 0 {
+            return bad("window_frames must be at least 1");
+        }
+        if self.batch_frames == 0 {
+            return bad("batch_frames must be at least 1");
+        }
+        if self.top_k == 0 {
+            return bad("top_k must be at least 1");
+        }
+        if self.max_new_tokens == 0 || self.max_new_tokens > self.max_new_tokens_limit {
+            return bad("max_new_tokens must be in 1..=max_new_tokens_limit");
+        }
+        Ok(())
+    }
+}
+
+/// Which past a question attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AskMode {
+    /// ReKV: each layer's top-k stored blocks by relevance, plus the recent window.
+    #[default]
+    Retrieve,
+    /// The recent window only (standing questions, alerts).
+    Recent,
+    /// k blocks spread evenly over the time range (summaries).
+    Uniform,
+}
+
+impl AskMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            AskMode::Retrieve => "retrieve",
+            AskMode::Recent => "recent",
+            AskMode::Uniform => "uniform",
+        }
+    }
+}
+
+/// Decoding: greedy when `temperature` is 0, else temperature and nucleus sampling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// ≥ 0; 0 means greedy.
+    pub temperature: f32,
+    /// In (0, 1].
+    pub top_p: f32,
+    /// Seed of the sampler (answers are reproducible for a seed).
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// One question about one stream.
+#[derive(Debug, Clone, Default)]
+pub struct AskRequest {
+    pub stream: String,
+    pub question: String,
+    pub mode: AskMode,
+    /// Only blocks seen in this range (the recent window too).
+    pub range: TimeRange,
+    /// Blocks per layer (Retrieve) or in all (Uniform); the engine's `top_k` if unset.
+    pub top_k: Option<usize>,
+    /// Frames of the recent window to attend to; the whole window if unset
+    /// (Retrieve, Recent), none if unset (Uniform).
+    pub recent_frames: Option<usize>,
+    /// The engine's default if unset.
+    pub max_new_tokens: Option<usize>,
+    pub sampling: Sampling,
+    /// Generation stops once the answer ends with any of these.
+    pub stop: Vec<String>,
+}
+
+/// Longest question accepted, in bytes.
+pub const MAX_QUESTION_BYTES: usize = 4096;
+
+impl AskRequest {
+    /// Checks what can be checked without the stream.
+    pub fn validate(&self, config: &EngineConfig) -> EngineResult<()> {
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if self.question.trim().is_empty() {
+            return bad("the question is empty".into());
+        }
+        if self.question.len() > MAX_QUESTION_BYTES {
+            return bad(format!(
+                "the question is {} bytes, at most {MAX_QUESTION_BYTES}",
+                self.question.len()
+            ));
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1".into());
+        }
+        if let Some(n) = self.max_new_tokens {
+            if n == 0 || n > config.max_new_tokens_limit {
+                return bad(format!(
+                    "max_new_tokens must be in 1..={}",
+                    config.max_new_tokens_limit
+                ));
+            }
+        }
+        let s = &self.sampling;
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return bad("temperature must be finite and ≥ 0".into());
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return bad("top_p must be in (0, 1]".into());
+        }
+        if self.range.is_inverted(std::time::SystemTime::now()) {
+            return bad("the time range ends before it starts".into());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("an empty stop string".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! One stream's model state: its attention sinks, its recent window and its KV store.
+//!
+//! Streaming encode with sliding-window attention (StreamingLLM's sinks + window, as
+//! ReKV encodes video): a new frame attends to the sink tokens (the prompt prefix,
+//! positions `0..S`) and the last W frames, placed contiguously after the sinks, and
+//! to itself causally. Window keys are kept *before* rotary and rotated afresh for every
+//! batch, so positions stay bounded (`S + (W + batch) · tokens_per_frame`) however long
+//! the stream runs, and the cost of a frame never grows. With a window wider than the
+//! stream this is exactly the contiguous prefill of the whole video.
+//!
+//! Every encoded frame becomes a [`Block`] handed to the store at once (the store's
+//! own policy decides when it is durable); the window keeps its own full-precision
+//! copy until the frame slides out.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tch::{Kind, Tensor};
+
+use crate::engine::prompt::PromptLayout;
+use crate::error::{EngineError, EngineResult};
+use crate::kv::disk::RecoveryReport;
+use crate::kv::{Appended, Block, BlockMeta, KvStore, StoreConfig};
+use crate::metrics as names;
+use crate::model::{AttnContext, ForwardOptions, KvSegment, LlavaOnevision};
+
+/// When a frame was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameStamp {
+    pub pts: Duration,
+    pub wall: SystemTime,
+}
+
+/// A frame in the recent window. Invariant: `kv` holds `tokens_per_frame` tokens
+/// with keys before rotary, in the model dtype and device.
+#[derive(Debug)]
+pub struct WindowFrame {
+    pub meta: BlockMeta,
+    pub kv: KvSegment,
+}
+
+/// Positions `start..start+len` as an int64 tensor on `device`.
+pub fn positions(start: i64, len: i64, device: tch::Device) -> EngineResult<Tensor> {
+    Ok(Tensor::f_arange_start(
+        start,
+        start + len,
+        (Kind::Int64, device),
+    )?)
+}
+
+/// One stream's sinks, window and store.
+pub struct StreamCtx {
+    pub id: Arc<str>,
+    pub store: KvStore,
+    /// The prompt prefix's KV, keys before rotary, at positions `0..S`.
+    sinks: KvSegment,
+    /// The last ≤ `window_frames` frames, oldest first, seqs increasing.
+    window: VecDeque<WindowFrame>,
+    window_frames: usize,
+    /// Seq of the next block: above every seq the store holds (also after a restart).
+    next_seq: u64,
+    /// Added to incoming frames' pts so stream time keeps increasing across restarts
+    /// (ingest counts from zero each time the daemon starts).
+    pts_offset: Duration,
+    frames_encoded: u64,
+}
+
+impl StreamCtx {
+    /// Opens stream `id`: recovers its store under `dir` and encodes its sinks.
+    pub fn open(
+        model: &LlavaOnevision,
+        layout: &PromptLayout,
+        dir: &Path,
+        id: &str,
+        store: StoreConfig,
+        window_frames: usize,
+    ) -> EngineResult<(Self, Option<RecoveryReport>)> {
+        if window_frames == 0 {
+            return Err(EngineError::InvalidRequest(
+                "window_frames must be at least 1".into(),
+            ));
+        }
+        let (store, report) = KvStore::open(dir, id, store)?;
+        let last = store.metas().last().copied();
+        let sinks = encode_sinks(model, layout)?;
+        Ok((
+            Self {
+                id: Arc::from(id),
+                store,
+                sinks,
+                window: VecDeque::with_capacity(window_frames + 1),
+                window_frames,
+                next_seq: last.map_or(0, |m| m.seq + 1),
+                // One nominal second after the last block seen before the restart.
+                pts_offset: last.map_or(Duration::ZERO, |m| m.pts + Duration::from_secs(1)),
+                frames_encoded: 0,
+            },
+            report,
+        ))
+    }
+
+    /// Sink tokens (S).
+    pub fn sink_len(&self) -> i64 {
+        self.sinks.len()
+    }
+
+    pub fn sinks(&self) -> &KvSegment {
+        &self.sinks
+    }
+
+    pub fn window(&self) -> &VecDeque<WindowFrame> {
+        &self.window
+    }
+
+    pub fn frames_encoded(&self) -> u64 {
+        self.frames_encoded
+    }
+
+    /// A context of the sinks at `0..S` followed by `frames` contiguously.
+    pub fn sinks_and(
+        &self,
+        model: &LlavaOnevision,
+        frames: &[&WindowFrame],
+    ) -> EngineResult<AttnContext> {
+        let dec = model.decoder();
+        let device = model.device();
+        let mut ctx = AttnContext::new(dec.num_layers());
+        let s = self.sinks.len();
+        ctx.push_segment(dec.rotary(), &self.sinks, &positions(0, s, device)?)?;
+        if !frames.is_empty() {
+            let parts: Vec<&KvSegment> = frames.iter().map(|f| &f.kv).collect();
+            let window = KvSegment::concat(&parts)?;
+            ctx.push_segment(dec.rotary(), &window, &positions(s, window.len(), device)?)?;
+        }
+        Ok(ctx)
+    }
+
+    /// Encodes frames of this stream whose embeddings are `embeds` [n, tokens_per_frame,
+    /// hidden] (from [`LlavaOnevision::encode_frames`]) as one prefill chunk after the
+    /// sinks and the window; stores each as a block and slides the window.
+    pub fn encode(
+        &mut self,
+        model: &LlavaOnevision,
+        embeds: &Tensor,
+        stamps: &[FrameStamp],
+    ) -> EngineResult<Vec<Appended>> {
+        let (n, tpf, hidden) = embeds.size3()?;
+        if n as usize != stamps.len() || n == 0 {
+            return Err(EngineError::InvalidRequest(format!(
+                "{n} frame embeddings for {} stamps",
+                stamps.len()
+            )));
+        }
+        let window: Vec<&WindowFrame> = self.window.iter().collect();
+        let mut ctx = self.sinks_and(model, &window)?;
+        let start = ctx.len();
+        let chunk = embeds.f_reshape([n * tpf, hidden])?;
+        let opts = ForwardOptions {
+            return_kv: true,
+            ..Default::default()
+        };
+        let out = model.decoder().forward(
+            &chunk,
+            &positions(start, n * tpf, model.device())?,
+            &mut ctx,
+            opts,
+        )?;
+        let kv = out
+            .kv
+            .ok_or_else(|| EngineError::InvalidRequest("prefill returned no KV".into()))?;
+        let mut appended = Vec::with_capacity(stamps.len());
+        for (i, stamp) in stamps.iter().enumerate() {
+            let frame_kv = kv.narrow(i as i64 * tpf, tpf)?;
+            let block = Block::new(
+                self.next_seq,
+                stamp.pts + self.pts_offset,
+                stamp.wall,
+                frame_kv,
+            )?;
+            self.next_seq += 1;
+            appended.push(self.store.append(&block)?);
+            self.window.push_back(WindowFrame {
+                meta: block.meta,
+                kv: block.kv,
+            });
+            while self.window.len() > self.window_frames {
+                self.window.pop_front();
+            }
+        }
+        self.frames_encoded += n as u64;
+        metrics::counter!(names::ENGINE_FRAMES_ENCODED, "stream" => self.id.to_string())
+            .increment(n as u64);
+        Ok(appended)
+    }
+}
+
+/// The prompt prefix prefilled at `0..S`: the sinks every frame and question attend to.
+fn encode_sinks(model: &LlavaOnevision, layout: &PromptLayout) -> EngineResult<KvSegment> {
+    let dec = model.decoder();
+    let device = model.device();
+    let s = layout.prefix.len() as i64;
+    if s == 0 {
+        return Err(EngineError::InvalidRequest(
+            "the chat template puts nothing before the video: streaming needs sink tokens".into(),
+        ));
+    }
+    let ids = Tensor::from_slice(&layout.prefix).f_to_device(device)?;
+    let mut ctx = AttnContext::new(dec.num_layers());
+    let opts = ForwardOptions {
+        return_kv: true,
+        ..Default::default()
+    };
+    let out = dec.forward(&dec.embed(&ids)?, &positions(0, s, device)?, &mut ctx, opts)?;
+    out.kv
+        .ok_or_else(|| EngineError::InvalidRequest("prefill returned no KV".into()))
+}
