@@ -444,9 +444,10 @@ fn supervise(config: StreamConfig, tx: queue::QueueSender<Frame>, shared: Arc<Sh
             }
         }
         attempt = attempt.saturating_add(1);
-        shared.set_state(StreamState::Reconnecting { attempt });
+        // Counted before the state changes, so whoever sees `Reconnecting` sees the count.
         metrics::counter!(names::INGEST_RECONNECTS, "stream" => shared.id.to_string()).increment(1);
         shared.update(|s| s.reconnects += 1);
+        shared.set_state(StreamState::Reconnecting { attempt });
         let delay = config.backoff.delay(attempt - 1);
         tracing::info!(stream = %shared.id, attempt, delay_ms = delay.as_millis() as u64, "reconnecting");
         let until = Instant::now() + delay;
