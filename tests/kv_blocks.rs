@@ -162,3 +162,51 @@ fn similarity_flags_near_duplicates() {
     assert!(a.similarity(&same) > 0.999);
     assert!(a.similarity(&other) < 0.9);
 }
+
+/// The f32 format is lossless: a round trip through bytes gives the input bit for bit.
+#[test]
+fn f32_blocks_round_trip_exactly() {
+    let b = block(3, 2, 21);
+    let c = CompressedBlock::compress(&b, Quant::F32).unwrap();
+    assert_eq!(c.kv_bytes(), 2 * 2 * 2 * 196 * 64 * 4);
+    let back = CompressedBlock::from_bytes(&c.to_bytes()).unwrap();
+    assert_eq!(back, c);
+    let seg = back.to_segment(Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(max_err(&seg, &b.kv), (0.0, 0.0));
+
+    let mut bad = block(4, 1, 22);
+    let _ = bad.kv.layers[0].values.get(0).get(3).fill_(f64::NAN);
+    assert!(matches!(
+        CompressedBlock::compress(&bad, Quant::F32),
+        Err(KvError::NonFinite("values"))
+    ));
+}
+
+/// One layer dequantised alone equals that layer of the whole block, in every format;
+/// a layer past the block's is an error.
+#[test]
+fn single_layers_dequantise_like_the_whole_block() {
+    let b = block(5, 3, 23);
+    for quant in [
+        Quant::F32,
+        Quant::F16,
+        Quant::Bf16,
+        Quant::Int8,
+        Quant::Int4,
+    ] {
+        let c = CompressedBlock::compress(&b, quant).unwrap();
+        let whole = c.to_segment(Device::Cpu, Kind::Float).unwrap();
+        for (l, expected) in whole.layers.iter().enumerate() {
+            let one = c.layer_kv(l, Device::Cpu, Kind::Float).unwrap();
+            assert!(one.keys.equal(&expected.keys), "{quant:?} layer {l} keys");
+            assert!(
+                one.values.equal(&expected.values),
+                "{quant:?} layer {l} values"
+            );
+        }
+        assert!(matches!(
+            c.layer_kv(3, Device::Cpu, Kind::Float),
+            Err(KvError::InvalidBlock(_))
+        ));
+    }
+}
