@@ -5,6 +5,10 @@
 //!   one video, the prompt templated as `transformers`' processor does for a user turn
 //!   holding one video then the text; prints the greedy answer, optionally dumps the
 //!   prefill logits.
+//! - `vstreamd demo [--source URI] [--model DIR]`: the engine end to end on a live
+//!   source ([`demo`]).
+
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Encode a video source with the engine and ask questions about it as it runs.
+    Demo(demo::DemoArgs),
     /// Check and run a model checkpoint.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -45,7 +51,7 @@ pub enum ModelCommand {
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llava_ov/tiny_a"))]
     pub model: PathBuf,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -82,6 +88,10 @@ pub struct RunArgs {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => {
+            let _guard = tch::no_grad_guard();
+            demo::run(&args)
+        }
         Command::Model(ModelCommand::Inspect(args)) => inspect(&args),
         Command::Model(ModelCommand::Run(args)) => run_model(&args),
     }

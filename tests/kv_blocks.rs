@@ -174,7 +174,7 @@ fn f32_blocks_round_trip_exactly() {
     let seg = back.to_segment(Device::Cpu, Kind::Float).unwrap();
     assert_eq!(max_err(&seg, &b.kv), (0.0, 0.0));
 
-    let mut bad = block(4, 1, 22);
+    let bad = block(4, 1, 22);
     let _ = bad.kv.layers[0].values.get(0).get(3).fill_(f64::NAN);
     assert!(matches!(
         CompressedBlock::compress(&bad, Quant::F32),
