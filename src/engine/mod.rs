@@ -480,30 +480,12 @@ impl Worker {
     /// Up to `batch_frames` frames, one per stream in turn, starting one stream further
     /// each batch.
     fn take_batch(&mut self) -> Vec<(usize, Frame)> {
-        let n = self.streams.len();
-        let mut batch = Vec::new();
-        if n == 0 {
-            return batch;
-        }
-        let start = self.next_stream % n;
+        let start = self.next_stream;
         self.next_stream = self.next_stream.wrapping_add(1);
-        let mut open = vec![true; n];
-        while batch.len() < self.config.batch_frames && open.iter().any(|&o| o) {
-            for step in 0..n {
-                let i = (start + step) % n;
-                if !open[i] || batch.len() >= self.config.batch_frames {
-                    continue;
-                }
-                let entry = &mut self.streams[i];
-                match entry.frames.try_recv() {
-                    Ok(frame) => batch.push((i, frame)),
-                    Err(TryRecvError::Empty) => open[i] = false,
-                    Err(TryRecvError::Disconnected) => {
-                        open[i] = false;
-                        entry.input_ended = true;
-                    }
-                }
-            }
+        let queues: Vec<&Receiver<Frame>> = self.streams.iter().map(|e| &e.frames).collect();
+        let (batch, ended) = round_robin(&queues, start, self.config.batch_frames);
+        for i in ended {
+            self.streams[i].input_ended = true;
         }
         batch
     }
@@ -683,6 +665,41 @@ impl Worker {
     }
 }
 
+/// Takes up to `max` items from `queues`, one per queue in turn starting at queue
+/// `start % n`, until `max` or every queue is empty: every stream with frames waiting
+/// gets a share of each batch, and no stream always goes first. Returns the items with
+/// their queue index, and the queues found disconnected and empty (input ended).
+fn round_robin<T>(
+    queues: &[&Receiver<T>],
+    start: usize,
+    max: usize,
+) -> (Vec<(usize, T)>, Vec<usize>) {
+    let n = queues.len();
+    let mut batch = Vec::new();
+    let mut ended = Vec::new();
+    if n == 0 {
+        return (batch, ended);
+    }
+    let mut open = vec![true; n];
+    while batch.len() < max && open.iter().any(|&o| o) {
+        for step in 0..n {
+            let i = (start + step) % n;
+            if !open[i] || batch.len() >= max {
+                continue;
+            }
+            match queues[i].try_recv() {
+                Ok(item) => batch.push((i, item)),
+                Err(TryRecvError::Empty) => open[i] = false,
+                Err(TryRecvError::Disconnected) => {
+                    open[i] = false;
+                    ended.push(i);
+                }
+            }
+        }
+    }
+    (batch, ended)
+}
+
 /// A frame's packed RGB as uint8 [1, 3, H, W].
 fn frame_tensor(frame: &Frame) -> EngineResult<Tensor> {
     let (w, h) = (i64::from(frame.width), i64::from(frame.height));
@@ -715,5 +732,47 @@ pub fn validate_stream_id(id: &str) -> EngineResult<()> {
         Err(EngineError::InvalidRequest(format!(
             "stream id `{id}` must be 1–64 of [A-Za-z0-9_.-], not starting with a dot"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(items: &[u32]) -> (Sender<u32>, Receiver<u32>) {
+        let (tx, rx) = channel::unbounded();
+        for &i in items {
+            tx.send(i).unwrap();
+        }
+        (tx, rx)
+    }
+
+    #[test]
+    fn batches_take_turns_across_streams() {
+        let (_a, qa) = queue(&[10, 11, 12, 13, 14, 15]);
+        let (_b, qb) = queue(&[20, 21]);
+        let (_c, qc) = queue(&[30, 31, 32, 33]);
+        let queues = [&qa, &qb, &qc];
+        // One from each in turn; b runs dry and the others share the rest.
+        let (batch, ended) = round_robin(&queues, 0, 7);
+        let items: Vec<u32> = batch.iter().map(|(_, x)| *x).collect();
+        assert_eq!(items, vec![10, 20, 30, 11, 21, 31, 12]);
+        assert!(ended.is_empty());
+        // The next batch starts one stream further.
+        let (batch, _) = round_robin(&queues, 1, 3);
+        let items: Vec<u32> = batch.iter().map(|(_, x)| *x).collect();
+        assert_eq!(items, vec![32, 13, 33]);
+    }
+
+    #[test]
+    fn closed_and_drained_queues_are_reported_once_empty() {
+        let (a, qa) = queue(&[1]);
+        drop(a);
+        let (_b, qb) = queue(&[2, 3]);
+        let (batch, ended) = round_robin(&[&qa, &qb], 0, 8);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(ended, vec![0]);
+        let (batch, ended) = round_robin::<u32>(&[], 0, 8);
+        assert!(batch.is_empty() && ended.is_empty());
     }
 }
