@@ -64,6 +64,7 @@ fn each_format_round_trips_within_its_bound_and_size() {
     let fp16 = b.fp16_bytes() as f64;
     // Per-group bounds: scale/2 = range/(2·levels); key ranges reach ~±12·4.5, values ±2.5.
     for (quant, key_tol, value_tol, max_ratio) in [
+        (Quant::F32, 0.0, 0.0, 2.0),
         (Quant::F16, 0.02, 2e-3, 1.0),
         (Quant::Bf16, 0.2, 0.01, 1.0),
         (
@@ -98,12 +99,23 @@ fn each_format_round_trips_within_its_bound_and_size() {
 #[test]
 fn non_finite_kv_is_refused() {
     let b = block(0, 2, 3);
-    let _ = b.kv.layers[1].values.get(0).get(3).get(4).fill_(f64::NAN);
-    for quant in [Quant::F16, Quant::Int8, Quant::Int4] {
-        assert!(matches!(
-            CompressedBlock::compress(&b, quant),
-            Err(KvError::NonFinite("values"))
-        ));
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let _ = b.kv.layers[1].values.get(0).get(3).get(4).fill_(bad);
+        for quant in [
+            Quant::F32,
+            Quant::F16,
+            Quant::Bf16,
+            Quant::Int8,
+            Quant::Int4,
+        ] {
+            assert!(
+                matches!(
+                    CompressedBlock::compress(&b, quant),
+                    Err(KvError::NonFinite("values"))
+                ),
+                "{quant:?} with {bad}"
+            );
+        }
     }
 }
 

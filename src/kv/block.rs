@@ -200,6 +200,13 @@ fn decode_tensor(
     grouping: Grouping,
 ) -> Result<Vec<f32>, KvError> {
     let n = meta.elements();
+    let expected = encoded_len(meta, quant, grouping);
+    if bytes.len() != expected {
+        return Err(KvError::InvalidBlock(format!(
+            "{quant:?} section of {} bytes, its shape implies {expected}",
+            bytes.len()
+        )));
+    }
     match quant {
         Quant::F32 => Ok(bytes
             .chunks_exact(4)
@@ -218,9 +225,7 @@ fn decode_tensor(
             .collect()),
         Quant::Int8 | Quant::Int4 => {
             let bits = quant.bits().unwrap_or(8);
-            let groups = (encoded_len(meta, quant, grouping)
-                - if bits == 8 { n } else { n.div_ceil(2) })
-                / 8;
+            let groups = (expected - if bits == 8 { n } else { n.div_ceil(2) }) / 8;
             let (params, codes) = bytes.split_at(groups * 8);
             let params = params
                 .chunks_exact(8)

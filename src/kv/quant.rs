@@ -6,6 +6,10 @@
 //! Error bound: every dequantised value is within `scale / 2` of the original (plus
 //! f32 rounding), where `scale = (max − min) / (2^bits − 1)` of its group; a constant
 //! group is exact. NaN and infinities are refused with an error.
+//!
+//! [`Quant`] names every block storage format: `f32` (lossless), `f16` and `bf16`
+//! (stored as plain little-endian floats by [`super::block`]) and the quantised
+//! `int8` and `int4` implemented here.
 
 use crate::error::KvError;
 
@@ -271,6 +275,25 @@ mod tests {
                 Err(KvError::NonFinite("values"))
             ));
         }
+    }
+
+    #[test]
+    fn codes_and_serde_names_are_stable() {
+        // Codes 0–3 are on disk already; they must never change.
+        for (q, code, name) in [
+            (Quant::F16, 0u8, "\"f16\""),
+            (Quant::Bf16, 1, "\"bf16\""),
+            (Quant::Int8, 2, "\"int8\""),
+            (Quant::Int4, 3, "\"int4\""),
+            (Quant::F32, 4, "\"f32\""),
+        ] {
+            assert_eq!(q.code(), code);
+            assert_eq!(Quant::from_code(code), Some(q));
+            assert_eq!(serde_json::to_string(&q).unwrap(), name);
+            assert_eq!(serde_json::from_str::<Quant>(name).unwrap(), q);
+        }
+        assert_eq!(Quant::from_code(5), None);
+        assert_eq!(Quant::F32.bits(), None);
     }
 
     #[test]
