@@ -404,11 +404,13 @@ impl KvStore {
     /// Representative keys of every block, in sequence order: from RAM, or read from
     /// disk for blocks past the representative-key budget.
     pub fn rep_keys(&self) -> Result<RepKeys, KvError> {
-        let in_ram: BTreeMap<u64, Arc<[f32]>> = self.rep_keys.iter().cloned().collect();
+        // Both are in seq order: one merge walk, no per-call map of every block.
+        let mut in_ram = self.rep_keys.iter().peekable();
         let mut out = Vec::with_capacity(self.index.len());
         for &seq in self.index.keys() {
-            match in_ram.get(&seq) {
-                Some(k) => out.push((seq, k.clone())),
+            while in_ram.next_if(|(s, _)| *s < seq).is_some() {}
+            match in_ram.next_if(|(s, _)| *s == seq) {
+                Some((_, k)) => out.push((seq, k.clone())),
                 None => {
                     let reader = self.reader.as_ref().ok_or(KvError::NotFound(seq))?;
                     let record = reader.get(seq)?.ok_or(KvError::NotFound(seq))?;

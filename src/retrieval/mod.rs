@@ -192,13 +192,18 @@ pub fn select_top_k(scores: &Scores, k: usize) -> Selection {
     let mut per_layer: Vec<Vec<usize>> = Vec::with_capacity(layers);
     for l in 0..layers {
         let mut order: Vec<usize> = (0..n).filter(|&b| scores.get(b, l).is_finite()).collect();
-        order.sort_unstable_by(|&a, &b| {
+        // Best first; ties towards the later block. Partition in O(n), sort only the k.
+        let better = |a: &usize, b: &usize| {
             scores
-                .get(b, l)
-                .total_cmp(&scores.get(a, l))
-                .then(b.cmp(&a))
-        });
-        order.truncate(k);
+                .get(*b, l)
+                .total_cmp(&scores.get(*a, l))
+                .then(b.cmp(a))
+        };
+        if k < order.len() {
+            order.select_nth_unstable_by(k, better);
+            order.truncate(k);
+        }
+        order.sort_unstable_by(better);
         per_layer.push(order);
     }
     let shortest = per_layer.iter().map(Vec::len).min().unwrap_or(0);
