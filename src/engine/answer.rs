@@ -121,44 +121,49 @@ pub fn prepare(
         .first()
         .map_or(u64::MAX, |&i| stream.window()[i].meta.seq);
 
-    // Candidates: stored blocks in range, older than the recent frames used.
-    let candidates: Vec<BlockMeta> = match req.mode {
-        AskMode::Recent => Vec::new(),
-        AskMode::Retrieve | AskMode::Uniform => stream
-            .store
-            .metas()
-            .filter(|m| m.seq < first_recent && range.contains(m))
-            .copied()
-            .collect(),
+    // Candidates: stored blocks in range, older than the recent frames used. In
+    // retrieve mode they are scored in the same pass over the store's keys.
+    let started = Instant::now();
+    let layers_n = layers;
+    let (candidates, selection) = match req.mode {
+        AskMode::Recent => (Vec::new(), Selection::default()),
+        AskMode::Uniform => {
+            let candidates: Vec<BlockMeta> = stream
+                .store
+                .metas()
+                .filter(|m| m.seq < first_recent && range.contains(m))
+                .copied()
+                .collect();
+            let selection = retrieval::select_uniform(candidates.len(), k, layers_n);
+            (candidates, selection)
+        }
+        AskMode::Retrieve => {
+            let recent: Vec<&WindowFrame> =
+                recent_idx.iter().map(|&i| &stream.window()[i]).collect();
+            let any = stream
+                .store
+                .metas()
+                .any(|m| m.seq < first_recent && range.contains(m));
+            if any {
+                let queries = question_queries(model, stream, &recent, &question)?;
+                let mut candidates = Vec::new();
+                let mut scores = retrieval::Scores::new(layers_n);
+                stream.store.visit_rep_keys(first_recent, |meta, keys| {
+                    if range.contains(meta) {
+                        candidates.push(*meta);
+                        scores.push_block(&queries, keys);
+                    }
+                })?;
+                let selection = retrieval::select_top_k(&scores, k);
+                (candidates, selection)
+            } else {
+                (Vec::new(), Selection::default())
+            }
+        }
     };
     if candidates.is_empty() && recent_idx.is_empty() {
         return Err(EngineError::NoContent(stream.id.to_string()));
     }
-
-    let started = Instant::now();
-    let selection = match req.mode {
-        AskMode::Recent => Selection::default(),
-        AskMode::Uniform => retrieval::select_uniform(candidates.len(), k, layers),
-        AskMode::Retrieve if candidates.is_empty() => Selection::default(),
-        AskMode::Retrieve => {
-            let recent: Vec<&WindowFrame> =
-                recent_idx.iter().map(|&i| &stream.window()[i]).collect();
-            let queries = question_queries(model, stream, &recent, &question)?;
-            let wanted: HashMap<u64, usize> = candidates
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (m.seq, i))
-                .collect();
-            let mut keys: Vec<Arc<[f32]>> = vec![Arc::from(Vec::new()); candidates.len()];
-            for (seq, key) in stream.store.rep_keys()? {
-                if let Some(&i) = wanted.get(&seq) {
-                    keys[i] = key;
-                }
-            }
-            let scores = retrieval::score_blocks(&queries, layers, &keys);
-            retrieval::select_top_k(&scores, k)
-        }
-    };
     let picked: Vec<u64> = selection
         .picks
         .iter()

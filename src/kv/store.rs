@@ -404,22 +404,36 @@ impl KvStore {
     /// Representative keys of every block, in sequence order: from RAM, or read from
     /// disk for blocks past the representative-key budget.
     pub fn rep_keys(&self) -> Result<RepKeys, KvError> {
-        // Both are in seq order: one merge walk, no per-call map of every block.
-        let mut in_ram = self.rep_keys.iter().peekable();
         let mut out = Vec::with_capacity(self.index.len());
-        for &seq in self.index.keys() {
+        self.visit_rep_keys(u64::MAX, |meta, keys| {
+            out.push((meta.seq, Arc::from(keys)));
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with the metadata and representative keys of every block whose seq is
+    /// below `before`, in sequence order, without collecting them: retrieval scores each
+    /// block as it passes, so a question's scan allocates nothing per block.
+    pub fn visit_rep_keys(
+        &self,
+        before: u64,
+        mut f: impl FnMut(&BlockMeta, &[f32]),
+    ) -> Result<(), KvError> {
+        // Both are in seq order: one merge walk.
+        let mut in_ram = self.rep_keys.iter().peekable();
+        for (&seq, entry) in self.index.range(..before) {
             while in_ram.next_if(|(s, _)| *s < seq).is_some() {}
             match in_ram.next_if(|(s, _)| *s == seq) {
-                Some((_, k)) => out.push((seq, k.clone())),
+                Some((_, k)) => f(&entry.meta, k),
                 None => {
                     let reader = self.reader.as_ref().ok_or(KvError::NotFound(seq))?;
                     let record = reader.get(seq)?.ok_or(KvError::NotFound(seq))?;
                     let block = CompressedBlock::from_bytes(&record)?;
-                    out.push((seq, Arc::from(block.rep_keys.as_slice())));
+                    f(&entry.meta, &block.rep_keys);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Syncs the disk tier now.

@@ -138,19 +138,38 @@ impl Scores {
 /// representative keys (same layout). A block whose keys have another length scores
 /// `-inf` in every layer (it cannot be compared, so it is never picked).
 pub fn score_blocks<K: AsRef<[f32]>>(queries: &[f32], layers: usize, rep_keys: &[K]) -> Scores {
-    let dim = queries.len().checked_div(layers).unwrap_or(0);
-    let mut scores = Vec::with_capacity(rep_keys.len() * layers);
+    let mut scores = Scores {
+        layers,
+        scores: Vec::with_capacity(rep_keys.len() * layers),
+    };
     for keys in rep_keys {
-        let keys = keys.as_ref();
-        if keys.len() != queries.len() || dim == 0 {
-            scores.extend(std::iter::repeat_n(f32::NEG_INFINITY, layers));
-            continue;
-        }
-        for (q, k) in queries.chunks_exact(dim).zip(keys.chunks_exact(dim)) {
-            scores.push(q.iter().zip(k).map(|(a, b)| a * b).sum());
+        scores.push_block(queries, keys.as_ref());
+    }
+    scores
+}
+
+impl Scores {
+    /// Empty scores for `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers,
+            scores: Vec::new(),
         }
     }
-    Scores { layers, scores }
+
+    /// Appends one block's per-layer scores (as [`score_blocks`] does for each block).
+    pub fn push_block(&mut self, queries: &[f32], keys: &[f32]) {
+        let layers = self.layers;
+        let dim = queries.len().checked_div(layers).unwrap_or(0);
+        if keys.len() != queries.len() || dim == 0 {
+            self.scores
+                .extend(std::iter::repeat_n(f32::NEG_INFINITY, layers));
+            return;
+        }
+        for (q, k) in queries.chunks_exact(dim).zip(keys.chunks_exact(dim)) {
+            self.scores.push(q.iter().zip(k).map(|(a, b)| a * b).sum());
+        }
+    }
 }
 
 /// Why a block is in a question's context, for its citation.
