@@ -7,8 +7,14 @@
 //!   prefill logits.
 //! - `vstreamd demo [--source URI] [--model DIR]`: the engine end to end on a live
 //!   source ([`demo`]).
+//! - `vstreamd serve --config FILE` / `vstreamd check-config --config FILE`: the daemon
+//!   ([`serve`]).
+//! - `vstreamd ask|streams|watch|summarize`: the daemon's gRPC API from the shell
+//!   ([`client`]).
 
+mod client;
 mod demo;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,6 +39,19 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    /// Validate a configuration and the files it names, without starting.
+    CheckConfig(serve::CheckConfigArgs),
+    /// Ask a running daemon a question about a stream.
+    Ask(client::AskArgs),
+    /// List, add or remove a running daemon's streams.
+    #[command(subcommand)]
+    Streams(client::StreamsCommand),
+    /// A standing yes/no question: prints alerts as they come.
+    Watch(client::WatchArgs),
+    /// Summarise a time range of a stream.
+    Summarize(client::SummarizeArgs),
     /// Encode a video source with the engine and ask questions about it as it runs.
     Demo(demo::DemoArgs),
     /// Check and run a model checkpoint.
@@ -88,6 +107,12 @@ pub struct RunArgs {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::serve(&args),
+        Command::CheckConfig(args) => serve::check_config(&args),
+        Command::Ask(args) => client::ask(&args),
+        Command::Streams(command) => client::streams(&command),
+        Command::Watch(args) => client::watch(&args),
+        Command::Summarize(args) => client::summarize(&args),
         Command::Demo(args) => {
             let _guard = tch::no_grad_guard();
             demo::run(&args)

@@ -235,3 +235,50 @@ impl EngineError {
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Errors of the configuration (`crate::config`): reading, parsing, validating. The
+/// message starts with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Errors of the server (`crate::serve`) outside a request: starting, binding, TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("auth tokens {path}: {message}")]
+    Tokens {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -15,10 +15,13 @@
 //!   time ranges, uniform sampling.
 //! - [`engine`]: the model-owning thread: streaming encode with a sliding window,
 //!   questions answered over retrieved blocks, scheduling.
-//! - [`metrics`]: metric names and descriptions.
+//! - [`config`]: the daemon's TOML configuration, stream entries, validation.
+//! - [`serve`]: the daemon: gRPC API, auth, limits, Prometheus endpoint, systemd.
+//! - [`metrics`]: metric names, descriptions, buckets, the exporter's installation.
 //! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ingest;
@@ -26,3 +29,4 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod retrieval;
+pub mod serve;

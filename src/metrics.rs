@@ -1,6 +1,7 @@
-//! Metric names, label keys and descriptions, in one place (mistral.rs habit). Core code
-//! only records through the `metrics` macros with these names; the Prometheus exporter
-//! is installed by the serving layer.
+//! Metric names, label keys, descriptions and histogram buckets, in one place
+//! (mistral.rs habit). Core code only records through the `metrics` macros with these
+//! names; [`install_prometheus`] installs the exporter (the serving layer calls it and
+//! serves its text on its own HTTP port).
 
 /// Frames that came out of the decoder, before sampling. Labels: `stream`.
 pub const INGEST_FRAMES_DECODED: &str = "vstreamd_ingest_frames_decoded_total";
@@ -69,6 +70,50 @@ pub const RETRIEVAL_BLOCKS_LOADED: &str = "vstreamd_retrieval_blocks_loaded_tota
 /// Time to score candidates and load the selected blocks.
 pub const RETRIEVAL_SECONDS: &str = "vstreamd_retrieval_seconds";
 
+/// gRPC requests by method and final status code. Labels: `method`, `code`.
+pub const GRPC_REQUESTS: &str = "vstreamd_grpc_requests_total";
+/// gRPC request duration (streaming methods: until the stream ends). Labels: `method`.
+pub const GRPC_REQUEST_SECONDS: &str = "vstreamd_grpc_request_duration_seconds";
+/// gRPC requests in flight. Labels: `method`.
+pub const GRPC_IN_FLIGHT: &str = "vstreamd_grpc_in_flight";
+/// Requests refused before any work. Labels: `reason` (`unauthenticated`,
+/// `resource_exhausted`, `invalid_argument`).
+pub const GRPC_REJECTED: &str = "vstreamd_grpc_rejected_total";
+/// Alerts sent by standing questions. Labels: `stream`.
+pub const WATCH_ALERTS: &str = "vstreamd_watch_alerts_total";
+/// Streams known to the daemon. Labels: `origin` (`config`, `api`).
+pub const SERVE_STREAMS: &str = "vstreamd_streams";
+/// 1 once the daemon serves (model loaded, stores recovered), 0 before and while stopping.
+pub const SERVE_READY: &str = "vstreamd_ready";
+
+/// Histogram buckets for latencies in seconds: 1 ms to 10 min.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+/// Histogram buckets for counts (frames per batch, blocks scanned).
+pub const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
+/// Installs the process-wide Prometheus recorder with this module's buckets and
+/// descriptions; the handle renders the exposition text.
+pub fn install_prometheus(
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError>
+{
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(ENGINE_BATCH_FRAMES.into()), COUNT_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(RETRIEVAL_BLOCKS_SCANNED.into()),
+            COUNT_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
 /// Describes every metric (help text for the exporter).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -135,6 +180,17 @@ pub fn describe() {
         Unit::Seconds,
         "Time to score and load the blocks of a question"
     );
+    describe_counter!(GRPC_REQUESTS, "gRPC requests by method and status code");
+    describe_histogram!(
+        GRPC_REQUEST_SECONDS,
+        Unit::Seconds,
+        "gRPC request duration (streams: until they end)"
+    );
+    describe_gauge!(GRPC_IN_FLIGHT, "gRPC requests in flight");
+    describe_counter!(GRPC_REJECTED, "gRPC requests refused before any work");
+    describe_counter!(WATCH_ALERTS, "Alerts sent by standing questions");
+    describe_gauge!(SERVE_STREAMS, "Streams known to the daemon by origin");
+    describe_gauge!(SERVE_READY, "1 while the daemon serves");
     describe_histogram!(
         INGEST_ENQUEUE_LATENCY,
         Unit::Seconds,
