@@ -97,10 +97,16 @@ impl Daemon {
                 return daemon;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("vstreamd exited with {status} before serving:\n{}", daemon.log());
+                panic!(
+                    "vstreamd exited with {status} before serving:\n{}",
+                    daemon.log()
+                );
             }
             if start.elapsed() > timeout {
-                panic!("vstreamd did not serve within {timeout:?}:\n{}", daemon.log());
+                panic!(
+                    "vstreamd did not serve within {timeout:?}:\n{}",
+                    daemon.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
