@@ -129,6 +129,31 @@ pub(super) async fn forward<T>(
 }
 
 impl VideoStreamsService {
+    /// Ask and Summarize: deadline, validation (`to_ask`), readiness, stream, limits;
+    /// then the answer streams.
+    async fn answer<T>(
+        &self,
+        method: &'static str,
+        request: Request<T>,
+        to_ask: fn(&T, usize) -> Result<AskRequest, Status>,
+    ) -> Result<Response<EventStream<pb::AskEvent>>, Status> {
+        let rpc = RpcTimer::start(method);
+        let prepared = (|| {
+            let deadline = deadline(request.metadata(), self.shared.max_request)?;
+            let req = to_ask(request.get_ref(), self.shared.max_question_bytes)?;
+            self.shared.engine()?;
+            self.shared.check_stream(&req.stream)?;
+            let permit = self.shared.asks.try_acquire(&client_of(&request))?;
+            Ok((req, deadline, permit))
+        })();
+        match prepared {
+            Ok((req, deadline, permit)) => {
+                self.stream_answer(method, rpc, req, deadline, permit).await
+            }
+            Err(status) => rpc.unary(Err(status)),
+        }
+    }
+
     /// Starts an ask (or summary) and returns its event stream.
     async fn stream_answer(
         &self,
@@ -240,21 +265,7 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         &self,
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStream>, Status> {
-        let rpc = RpcTimer::start("Ask");
-        let prepared = (|| {
-            let deadline = deadline(request.metadata(), self.shared.max_request)?;
-            let req = convert::ask_request(request.get_ref(), self.shared.max_question_bytes)?;
-            self.shared.engine()?;
-            self.shared.check_stream(&req.stream)?;
-            let permit = self.shared.asks.try_acquire(&client_of(&request))?;
-            Ok((req, deadline, permit))
-        })();
-        match prepared {
-            Ok((req, deadline, permit)) => {
-                self.stream_answer("Ask", rpc, req, deadline, permit).await
-            }
-            Err(status) => rpc.unary(Err(status)),
-        }
+        self.answer("Ask", request, convert::ask_request).await
     }
 
     type SummarizeStream = EventStream<pb::AskEvent>;
@@ -263,23 +274,8 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         &self,
         request: Request<pb::SummarizeRequest>,
     ) -> Result<Response<Self::SummarizeStream>, Status> {
-        let rpc = RpcTimer::start("Summarize");
-        let prepared = (|| {
-            let deadline = deadline(request.metadata(), self.shared.max_request)?;
-            let req =
-                convert::summarize_request(request.get_ref(), self.shared.max_question_bytes)?;
-            self.shared.engine()?;
-            self.shared.check_stream(&req.stream)?;
-            let permit = self.shared.asks.try_acquire(&client_of(&request))?;
-            Ok((req, deadline, permit))
-        })();
-        match prepared {
-            Ok((req, deadline, permit)) => {
-                self.stream_answer("Summarize", rpc, req, deadline, permit)
-                    .await
-            }
-            Err(status) => rpc.unary(Err(status)),
-        }
+        self.answer("Summarize", request, convert::summarize_request)
+            .await
     }
 
     type WatchStream = EventStream<pb::WatchEvent>;
