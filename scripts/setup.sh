@@ -19,7 +19,7 @@ PREFIX="${VSTREAMD_DEPS:-/opt/vstreamd}"
 TORCH_PREFIX="$PREFIX/torch-$TORCH_VERSION"
 
 APT_PACKAGES=(
-  pkg-config protobuf-compiler
+  pkg-config protobuf-compiler prometheus
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
