@@ -8,6 +8,10 @@
 #   LIBTORCH at it and build.rs adds an rpath, so plain cargo build/test/run work.
 #   A user with their own libtorch sets LIBTORCH (see README) and skips this part
 #   with VSTREAMD_SKIP_LIBTORCH=1.
+# - Python gRPC (grpcio, grpcio-tools, grpcio-health-checking, protobuf; pinned) for
+#   the test that asks the daemon from an independent client: installed with
+#   --no-deps into "$PREFIX/grpc-py-<version>" and used through PYTHONPATH by
+#   tests/serve_python.rs; stubs are generated from proto/ at test time.
 #
 # A second run on a ready machine only checks and returns in seconds.
 set -euo pipefail
@@ -15,8 +19,14 @@ set -euo pipefail
 TORCH_VERSION=2.13.0
 CUDA_RUNTIME_VERSION=13.0.96
 CUDA_CUPTI_VERSION=13.0.85
+GRPC_VERSION=1.85.1
+GRPC_PY_PACKAGES=(
+  "grpcio==$GRPC_VERSION" "grpcio-tools==$GRPC_VERSION" "grpcio-health-checking==$GRPC_VERSION"
+  "protobuf==7.36.2" "typing_extensions==4.16.0" "setuptools==84.2.1"
+)
 PREFIX="${VSTREAMD_DEPS:-/opt/vstreamd}"
 TORCH_PREFIX="$PREFIX/torch-$TORCH_VERSION"
+GRPC_PREFIX="$PREFIX/grpc-py-$GRPC_VERSION"
 
 APT_PACKAGES=(
   pkg-config protobuf-compiler prometheus
@@ -52,23 +62,30 @@ install_libtorch() {
     log "libtorch: skipped (VSTREAMD_SKIP_LIBTORCH=1, LIBTORCH=${LIBTORCH:-unset})"
     return
   fi
-  local stamp="$TORCH_PREFIX/.complete"
-  if [ -f "$stamp" ]; then
-    log "libtorch: present in $TORCH_PREFIX"
-    return
-  fi
-  log "libtorch: installing torch==$TORCH_VERSION shared libraries into $TORCH_PREFIX"
-  as_root mkdir -p "$PREFIX"
-  local staging="$TORCH_PREFIX.partial"
-  as_root rm -rf "$staging"
-  as_root python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-    --target "$staging" \
+  pip_into_prefix "$TORCH_PREFIX" "libtorch (torch==$TORCH_VERSION shared libraries)" \
     "torch==$TORCH_VERSION" \
     "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
     "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
-  as_root rm -rf "$TORCH_PREFIX"
-  as_root mv "$staging" "$TORCH_PREFIX"
-  as_root touch "$stamp"
+}
+
+# Installs a pinned package set with pip --no-deps into a fresh prefix, atomically:
+# staged beside it and moved into place with a stamp only once complete.
+pip_into_prefix() {
+  local prefix="$1" what="$2"
+  shift 2
+  if [ -f "$prefix/.complete" ]; then
+    log "$what: present in $prefix"
+    return
+  fi
+  log "$what: installing $* into $prefix"
+  as_root mkdir -p "$PREFIX"
+  local staging="$prefix.partial"
+  as_root rm -rf "$staging"
+  as_root python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$staging" "$@"
+  as_root rm -rf "$prefix"
+  as_root mv "$staging" "$prefix"
+  as_root touch "$prefix/.complete"
 }
 
 install_rust_components() {
@@ -78,5 +95,6 @@ install_rust_components() {
 
 install_apt_packages
 install_libtorch
+pip_into_prefix "$GRPC_PREFIX" "Python gRPC" "${GRPC_PY_PACKAGES[@]}"
 install_rust_components
 log "ready"
