@@ -130,9 +130,26 @@ impl LlavaOnevision {
     /// model needs and lacks, one it does not know, or a wrong shape is an error naming
     /// the tensor.
     pub fn load(dir: &Path, opts: ModelOptions) -> ModelResult<Self> {
-        let config = LlavaOnevisionConfig::load(&dir.join("config.json"))?;
         let store = WeightStore::open(dir, opts.device, opts.dtype)?;
-        let layout = Layout::detect(&store)?;
+        Self::load_from(dir, &store, opts)
+    }
+
+    /// As [`LlavaOnevision::load`], for training: every weight is a leaf that requires
+    /// grad, returned with its checkpoint name (the tied LM head is the embedding
+    /// matrix, listed once). Tensors the model never reads (SigLIP's `post_layernorm`)
+    /// are not among them.
+    pub fn load_trainable(
+        dir: &Path,
+        opts: ModelOptions,
+    ) -> ModelResult<(Self, Vec<(String, Tensor)>)> {
+        let store = WeightStore::open_trainable(dir, opts.device, opts.dtype)?;
+        let model = Self::load_from(dir, &store, opts)?;
+        Ok((model, store.take_parameters()))
+    }
+
+    fn load_from(dir: &Path, store: &WeightStore, opts: ModelOptions) -> ModelResult<Self> {
+        let config = LlavaOnevisionConfig::load(&dir.join("config.json"))?;
+        let layout = Layout::detect(store)?;
         let root = store.root();
         let v = &config.vision_config;
         let t = &config.text_config;
@@ -289,6 +306,38 @@ impl LlavaOnevision {
             return Err(ModelError::InvalidInput(format!(
                 "{placeholders} video tokens in the prompt for {} video embeddings",
                 video.size()[0]
+            )));
+        }
+        Ok(embeds.f_masked_scatter(&mask.f_unsqueeze(-1)?, &video)?)
+    }
+
+    /// Input embeddings [B, T, hidden] for a batch of prompts `ids` [B, T] (int64), each
+    /// holding its video placeholders at any place, replaced in order by its own clip's
+    /// `frame_embeddings` [B, F, tokens_per_frame, hidden] and the newline. Training
+    /// runs its batches through this and [`Qwen2::forward_packed`].
+    pub fn embed_batch_with_video(
+        &self,
+        ids: &Tensor,
+        frame_embeddings: &Tensor,
+    ) -> ModelResult<Tensor> {
+        let (b, _) = ids.size2()?;
+        let hidden = self.config.text_config.hidden_size;
+        let ids = ids.f_to_device(self.device)?;
+        let embeds = self.decoder.embed(&ids)?;
+        let newline = self
+            .image_newline
+            .f_view([1, 1, hidden])?
+            .f_expand([b, 1, hidden], false)?;
+        let video = Tensor::f_cat(
+            &[&frame_embeddings.f_reshape([b, -1, hidden])?, &newline],
+            1,
+        )?;
+        let mask = ids.f_eq(self.text.video_token_id())?;
+        let placeholders = mask.f_sum(Kind::Int64)?.int64_value(&[]);
+        if placeholders != video.size()[0] * video.size()[1] {
+            return Err(ModelError::InvalidInput(format!(
+                "{placeholders} video tokens in the batch for {:?} video embeddings",
+                video.size()
             )));
         }
         Ok(embeds.f_masked_scatter(&mask.f_unsqueeze(-1)?, &video)?)

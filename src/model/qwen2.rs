@@ -333,6 +333,54 @@ impl Qwen2 {
         })
     }
 
+    /// A batch of packed sequences with no context: `embeds` [B, T, hidden], each token's
+    /// rotary position in `positions` [B, T] (int64) and what it may attend to in `mask`
+    /// [B, 1, T, T] (bool, true = attend; every row must allow at least one key) →
+    /// final-normed hidden states [B, T, hidden]. The same layers and operations as
+    /// [`Qwen2::forward`] (which takes one sequence against a context); training uses
+    /// it to score several questions about one video in one row, each seeing the video
+    /// prefix and itself only, at the positions it would have alone.
+    pub fn forward_packed(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> ModelResult<Tensor> {
+        let (b, t, _) = embeds.size3()?;
+        let (cos, sin) = self.rotary.cos_sin(positions, embeds.kind())?;
+        let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
+        let mut x = embeds.shallow_clone();
+        for layer in &self.layers {
+            let h = layer.input_layernorm.forward(&x)?;
+            let attn = &layer.self_attn;
+            let split = |lin: &Linear, heads: i64| -> ModelResult<Tensor> {
+                Ok(lin
+                    .forward(&h)
+                    .f_view([b, t, heads, self.head_dim])?
+                    .f_transpose(1, 2)?)
+            };
+            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
+            let k = apply_rotary(&split(&attn.k_proj, self.kv_heads)?, &cos, &sin)?;
+            let v = split(&attn.v_proj, self.kv_heads)?;
+            let out = Tensor::f_scaled_dot_product_attention::<&Tensor>(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                None,
+                self.kv_heads != self.num_heads,
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, self.num_heads * self.head_dim])?;
+            x = x.f_add(&attn.o_proj.forward(&out))?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = x.f_add(&layer.mlp.forward(&h)?)?;
+        }
+        self.norm.forward(&x)
+    }
+
     /// One layer's query vector from its queries before rotary, [1, num_heads, T,
     /// head_dim]: mean over the T tokens, then over the query heads of each GQA group
     /// (consecutive heads, as `repeat_kv` lays them out), in fp32 → [kv_heads · head_dim].

@@ -38,6 +38,10 @@ pub struct WeightStore {
     used: RefCell<HashSet<String>>,
     device: Device,
     dtype: Kind,
+    /// Trainable mode: tensors are handed out as leaves that require grad, and
+    /// recorded by name in `parameters` for the optimiser.
+    trainable: bool,
+    parameters: RefCell<Vec<(String, Tensor)>>,
 }
 
 impl WeightStore {
@@ -105,7 +109,23 @@ impl WeightStore {
             used: RefCell::new(HashSet::new()),
             device,
             dtype,
+            trainable: false,
+            parameters: RefCell::new(Vec::new()),
         })
+    }
+
+    /// As [`WeightStore::open`], but every tensor handed out requires grad and is
+    /// recorded, so a trainer gets the model's parameters by checkpoint name
+    /// ([`WeightStore::take_parameters`]) and can write them back under the same names.
+    pub fn open_trainable(dir: &Path, device: Device, dtype: Kind) -> ModelResult<Self> {
+        let mut store = Self::open(dir, device, dtype)?;
+        store.trainable = true;
+        Ok(store)
+    }
+
+    /// The tensors handed out so far in trainable mode, in load order.
+    pub fn take_parameters(&self) -> Vec<(String, Tensor)> {
+        std::mem::take(&mut *self.parameters.borrow_mut())
     }
 
     pub fn root(&self) -> Scope<'_> {
@@ -203,6 +223,13 @@ impl WeightStore {
             tracing::debug!(error = %e, "could not release mapped checkpoint pages");
         }
         self.used.borrow_mut().insert(name.to_owned());
+        if self.trainable {
+            let tensor = tensor.f_detach()?.f_set_requires_grad(true)?;
+            self.parameters
+                .borrow_mut()
+                .push((name.to_owned(), tensor.shallow_clone()));
+            return Ok(tensor);
+        }
         Ok(tensor)
     }
 }
