@@ -5,16 +5,20 @@
 //!   one video, the prompt templated as `transformers`' processor does for a user turn
 //!   holding one video then the text; prints the greedy answer, optionally dumps the
 //!   prefill logits.
-//! - `vstreamd demo [--source URI] [--model DIR]`: the engine end to end on a live
-//!   source ([`demo`]).
+//! - `vstreamd demo [--model DIR] [--speed X]`: the daemon on the built-in synthetic
+//!   live stream with the trained model, scripted questions beside their ground truth
+//!   ([`demo`]).
 //! - `vstreamd serve --config FILE` / `vstreamd check-config --config FILE`: the daemon
 //!   ([`serve`]).
 //! - `vstreamd ask|streams|watch|summarize`: the daemon's gRPC API from the shell
 //!   ([`client`]).
+//! - `vstreamd train|eval|synth`: the tiny model of the synthetic world trained,
+//!   evaluated, and its clips written as PNG frames ([`train`]).
 
 mod client;
 mod demo;
 mod serve;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -57,6 +61,12 @@ pub enum Command {
     /// Check and run a model checkpoint.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Train the tiny model of the synthetic world from scratch (CPU).
+    Train(train::TrainArgs),
+    /// Held-out accuracy of a synthetic-world checkpoint.
+    Eval(train::EvalArgs),
+    /// Write one synthetic clip as PNG frames with its questions and answers.
+    Synth(train::SynthArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +129,9 @@ pub fn run() -> anyhow::Result<()> {
         }
         Command::Model(ModelCommand::Inspect(args)) => inspect(&args),
         Command::Model(ModelCommand::Run(args)) => run_model(&args),
+        Command::Train(args) => train::train(&args),
+        Command::Eval(args) => train::evaluate(&args),
+        Command::Synth(args) => train::synth(&args),
     }
 }
 

@@ -236,6 +236,53 @@ impl EngineError {
 
 pub type EngineResult<T> = Result<T, EngineError>;
 
+/// Errors of the synthetic world and its training program (`crate::synth`).
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid training setup: {0}")]
+    InvalidInput(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("image: {0}")]
+    Image(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl SynthError {
+    /// Stable label for metrics and structured logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            SynthError::Io { .. } => "io",
+            SynthError::InvalidInput(_) => "invalid_input",
+            SynthError::Tokenizer(_) => "tokenizer",
+            SynthError::Image(_) => "image",
+            SynthError::Model(e) => e.error_type(),
+            SynthError::Torch(_) => "torch",
+            SynthError::Json(_) => "json",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SynthError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type SynthResult<T> = Result<T, SynthError>;
+
 /// Errors of the configuration (`crate::config`): reading, parsing, validating. The
 /// message starts with the key at fault.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@
 //!   questions answered over retrieved blocks, scheduling.
 //! - [`config`]: the daemon's TOML configuration, stream entries, validation.
 //! - [`serve`]: the daemon: gRPC API, auth, limits, Prometheus endpoint, systemd.
+//! - [`synth`]: a synthetic scene world (shapes that appear, move and leave), its
+//!   question answering, and the training of a tiny LLaVA-OneVision on it.
 //! - [`metrics`]: metric names, descriptions, buckets, the exporter's installation.
 //! - [`cli`]: the `vstreamd` command line (the binary's `main.rs` only calls it).
 
@@ -30,3 +32,4 @@ pub mod metrics;
 pub mod model;
 pub mod retrieval;
 pub mod serve;
+pub mod synth;

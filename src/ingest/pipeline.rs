@@ -15,6 +15,7 @@ use super::{Frame, FrameData, ResizeMode, Shared, Source, StreamConfig, StreamSt
 use crate::error::IngestError;
 use crate::ingest::RtspTransport;
 use crate::metrics as names;
+use crate::synth::script::Script;
 
 /// How one session ended.
 #[derive(Debug)]
@@ -136,10 +137,22 @@ fn link_video_pads(element: &gst::Element, chain_head: &gst::Element) {
 /// The source part, linked (now or when its pads appear) to `head`.
 fn build_source(
     pipeline: &gst::Pipeline,
-    source: &Source,
+    config: &StreamConfig,
     head: &gst::Element,
 ) -> Result<(), IngestError> {
-    match source {
+    match &config.source {
+        Source::Synth {
+            script,
+            seed,
+            speed,
+            frames,
+        } => {
+            let script = Script::from_name(script, *seed, *frames, config.width, config.height)
+                .map_err(|e| IngestError::InvalidUri(e.to_string()))?;
+            let src = synth_appsrc(script, *speed)?;
+            pipeline.add(&src).map_err(err)?;
+            src.link(head).map_err(err)?;
+        }
         Source::Test { pattern } => {
             let src = make("videotestsrc")?;
             src.set_property("is-live", true);
@@ -202,6 +215,68 @@ fn build_source(
         }
     }
     Ok(())
+}
+
+/// An `appsrc` playing `script`: frame `i` rendered at stream time `i / fps` when the
+/// pipeline asks for data, stamped with that time, no earlier than `t / speed` after
+/// the first (unpaced when `speed` is 0); end of stream after the last frame.
+fn synth_appsrc(script: Script, speed: f64) -> Result<gst::Element, IngestError> {
+    let (w, h) = (script.scene.width, script.scene.height);
+    let fps = gst::Fraction::approximate_f64(script.fps)
+        .ok_or_else(|| IngestError::InvalidConfig(format!("script fps {}", script.fps)))?;
+    let caps = gst_video::VideoCapsBuilder::new()
+        .format(gst_video::VideoFormat::Rgb)
+        .width(w as i32)
+        .height(h as i32)
+        .framerate(fps)
+        .pixel_aspect_ratio(gst::Fraction::new(1, 1))
+        .build();
+    let info = gst_video::VideoInfo::from_caps(&caps).map_err(err)?;
+    let stride = info.stride()[0] as usize;
+    let row = w as usize * 3;
+    let src = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .is_live(false)
+        .build();
+    let total = script.frames();
+    let frame_ns = (1e9 / script.fps) as u64;
+    let mut next = 0usize;
+    let mut started: Option<Instant> = None;
+    src.set_callbacks(
+        gst_app::AppSrcCallbacks::builder()
+            .need_data(move |appsrc, _| {
+                if next >= total {
+                    let _ = appsrc.end_of_stream();
+                    return;
+                }
+                let t = script.frame_time(next);
+                let start = *started.get_or_insert_with(Instant::now);
+                if speed > 0.0 {
+                    let due = start + Duration::from_secs_f64(t / speed);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let frame = script.scene.render(t);
+                let mut data = vec![0u8; stride * h as usize];
+                for (dst, src) in data.chunks_mut(stride).zip(frame.rgb.chunks(row)) {
+                    dst[..row].copy_from_slice(src);
+                }
+                let mut buffer = gst::Buffer::from_mut_slice(data);
+                if let Some(b) = buffer.get_mut() {
+                    b.set_pts(gst::ClockTime::from_nseconds((t * 1e9).round() as u64));
+                    b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+                }
+                next += 1;
+                if appsrc.push_buffer(buffer).is_err() {
+                    // Flushing: the session is stopping.
+                    next = total;
+                }
+            })
+            .build(),
+    );
+    Ok(src.upcast())
 }
 
 fn glib_uri(path: &std::path::Path) -> Result<String, IngestError> {
@@ -371,7 +446,7 @@ pub(crate) fn run_session(
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    if let Err(e) = build_source(&pipeline, &config.source, &rate) {
+    if let Err(e) = build_source(&pipeline, config, &rate) {
         return fail(e);
     }
 

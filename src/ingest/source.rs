@@ -4,12 +4,17 @@
 //! Supported: `rtsp://[user:pass@]host[:port]/path` (rtspsrc, TCP or UDP),
 //! `file:///abs/path` or a plain path (uridecodebin: any container/codec the installed
 //! plugins decode), `v4l2:///dev/videoN` (v4l2src), `test://PATTERN` (videotestsrc,
-//! live, for demos; PATTERN is a videotestsrc pattern nick such as `smpte`, `ball`).
+//! live, for demos; PATTERN is a videotestsrc pattern nick such as `smpte`, `ball`),
+//! `synth://SCRIPT?seed=N&speed=X&frames=N` (a scripted synthetic scene of
+//! [`crate::synth::script`] rendered into an `appsrc` at the model's size; `speed` 1
+//! plays in real time, 4 four times faster, 0 as fast as the consumer takes frames;
+//! the stream ends with the script).
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::IngestError;
+use crate::synth::script::Script;
 
 /// RTSP lower transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +54,15 @@ pub enum Source {
     V4l2(PathBuf),
     Test {
         pattern: String,
+    },
+    /// A scripted synthetic scene; `script` is one of [`Script::NAMES`].
+    Synth {
+        script: String,
+        seed: u64,
+        /// Stream seconds per wall-clock second; 0: unpaced.
+        speed: f64,
+        /// Length of a needle stream, in frames.
+        frames: Option<usize>,
     },
 }
 
@@ -119,14 +133,55 @@ impl Source {
                     pattern: pattern.to_owned(),
                 })
             }
+            "synth" => parse_synth(rest),
             other => Err(IngestError::UnknownScheme(other.to_owned())),
         }
     }
 
-    /// Live sources reconnect when they fail or end; files end.
+    /// Live sources reconnect when they fail or end; files and synthetic scripts end.
     pub fn is_live(&self) -> bool {
-        !matches!(self, Source::File(_))
+        !matches!(self, Source::File(_) | Source::Synth { .. })
     }
+}
+
+/// `SCRIPT?seed=N&speed=X&frames=N` of a `synth://` URI.
+fn parse_synth(rest: &str) -> Result<Source, IngestError> {
+    let (script, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let script = if script.is_empty() { "demo" } else { script };
+    if !Script::NAMES.contains(&script) {
+        return Err(IngestError::InvalidUri(format!(
+            "unknown synthetic script `{script}` (known: {})",
+            Script::NAMES.join(", ")
+        )));
+    }
+    let (mut seed, mut speed, mut frames) = (1u64, 1.0f64, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || IngestError::InvalidUri(format!("bad synth:// parameter `{pair}`"));
+        match key {
+            "seed" => seed = value.parse().map_err(|_| bad())?,
+            "speed" => {
+                speed = value.parse().map_err(|_| bad())?;
+                if !(speed.is_finite() && speed >= 0.0) {
+                    return Err(bad());
+                }
+            }
+            "frames" => {
+                let n: usize = value.parse().map_err(|_| bad())?;
+                if !(10..=10_000_000).contains(&n) {
+                    return Err(bad());
+                }
+                frames = Some(n);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(Source::Synth {
+        script: script.to_owned(),
+        seed,
+        speed,
+        frames,
+    })
 }
 
 impl fmt::Display for Source {
@@ -136,6 +191,18 @@ impl fmt::Display for Source {
             Source::File(p) => write!(f, "file://{}", p.display()),
             Source::V4l2(p) => write!(f, "v4l2://{}", p.display()),
             Source::Test { pattern } => write!(f, "test://{pattern}"),
+            Source::Synth {
+                script,
+                seed,
+                speed,
+                frames,
+            } => {
+                write!(f, "synth://{script}?seed={seed}&speed={speed}")?;
+                match frames {
+                    Some(n) => write!(f, "&frames={n}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -184,6 +251,26 @@ mod tests {
                 pattern: "ball".into()
             }
         );
+        let synth = Source::parse(
+            "synth://needle?seed=9&speed=0&frames=500",
+            RtspTransport::Tcp,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            synth,
+            Source::Synth {
+                script: "needle".into(),
+                seed: 9,
+                speed: 0.0,
+                frames: Some(500),
+            }
+        );
+        assert_eq!(
+            synth.to_string(),
+            "synth://needle?seed=9&speed=0&frames=500"
+        );
+        assert!(!synth.is_live());
     }
 
     #[test]
@@ -207,5 +294,20 @@ mod tests {
             Source::parse("test://a!b", RtspTransport::Tcp, None),
             Err(IngestError::InvalidUri(_))
         ));
+        for bad in [
+            "synth://nope",
+            "synth://demo?seed=x",
+            "synth://demo?speed=-1",
+            "synth://needle?frames=3",
+            "synth://demo?colour=red",
+        ] {
+            assert!(
+                matches!(
+                    Source::parse(bad, RtspTransport::Tcp, None),
+                    Err(IngestError::InvalidUri(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,0 +1,560 @@
+//! Training the tiny LLaVA-OneVision from scratch on synthetic clip QA, on the CPU with
+//! libtorch autograd, through the model code inference runs.
+//!
+//! 1. Write the checkpoint files ([`TinySpec::write_files`]) and random initial weights,
+//!    then load them with [`LlavaOnevision::load_trainable`]: the real loader, handing
+//!    out every weight as a leaf that requires grad, by checkpoint name.
+//! 2. Each step renders a batch of fresh random clips (never repeated: clip k of the
+//!    training stream `seed`), up to two questions of each kind per clip, runs the
+//!    frames through the model's preprocessor and vision tower, scatters them into the
+//!    templated prompt ([`LlavaOnevision::embed_batch_with_video`]) and packs each
+//!    clip's questions into one row after its video: each question segment (rest of
+//!    the prompt, answer, `<|im_end|>`) sees the video prefix and itself only, at the
+//!    positions it would have alone ([`crate::model::qwen2::Qwen2::forward_packed`]),
+//!    so one vision pass serves ~8 answers. The loss is the cross entropy of the answer
+//!    tokens and `<|im_end|>`, plus half that of linear probes on the frame tokens
+//!    ([`CellProbes`]). Measured: one question per clip plateaued at ~45% of answers
+//!    for 1,200 steps; packed, the same recipe passes 90% by step 1,100.
+//! 3. AdamW (β = 0.9, 0.95; decoupled weight decay on matrices only), linear warm-up
+//!    then cosine decay to a tenth of the peak, gradients clipped to norm 1, written
+//!    as tensor operations under `no_grad` (tch's optimisers need a `VarStore`).
+//! 4. Save `model.safetensors` under the same names (plus the tensors the model never
+//!    reads, as initialised), so the result loads like any hub checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tch::{Kind, Reduction, Tensor};
+
+use crate::error::{SynthError, SynthResult};
+use crate::model::{LlavaOnevision, ModelOptions, Precision};
+use crate::synth::checkpoint::{self, TinySpec, IM_END_ID, PAD_ID};
+use crate::synth::qa;
+use crate::synth::render::frames_to_tensor;
+use crate::synth::world::{clip_seed, mix, Clip, ClipSpec, Colour, Shape};
+
+/// Everything a training run depends on.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub out: PathBuf,
+    /// Seeds the initial weights and names the training clip stream.
+    pub seed: u64,
+    pub steps: usize,
+    /// Wall-clock budget: training stops early (and says so) when it runs out.
+    pub max_time: Duration,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub model: TinySpec,
+    /// The clips' shape; `clip.frames` is the length evaluation uses.
+    pub clip: ClipSpec,
+    /// Frames per training clip, drawn per step uniformly from this range (inclusive):
+    /// short clips early in the mix make the objects easy to find, long ones teach the
+    /// model contexts longer than the evaluation clips (the engine's window plus
+    /// retrieved frames).
+    pub frames: (usize, usize),
+}
+
+impl TrainOptions {
+    pub fn new(out: PathBuf) -> Self {
+        Self {
+            out,
+            seed: 1,
+            steps: 2000,
+            max_time: Duration::from_secs(40 * 60),
+            batch: 32,
+            lr: 2e-3,
+            warmup: 150,
+            weight_decay: 0.01,
+            model: TinySpec::default(),
+            clip: ClipSpec::default(),
+            frames: (6, 6),
+        }
+    }
+}
+
+/// State after a step, for a progress display.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss over the steps since the previous report.
+    pub loss: f64,
+    /// Mean loss of the cell probes over the same steps (part of `loss`).
+    pub probe_loss: f64,
+    /// Answer words right under teacher forcing (argmax), same window.
+    pub answer_accuracy: f64,
+    pub lr: f64,
+    pub elapsed: Duration,
+    /// Steps per second over the run so far.
+    pub rate: f64,
+    pub eta: Duration,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub stopped_early: bool,
+    pub elapsed: Duration,
+    pub parameters: i64,
+    pub final_loss: f64,
+}
+
+struct Batch {
+    /// [B, T] int64, right-padded.
+    ids: Tensor,
+    /// [B·T] int64: the next token where it is part of an answer, else -100.
+    labels: Tensor,
+    /// [B·T] int64: the answer word where the next token is one, else -100 (for the
+    /// accuracy: answers are one word).
+    answers: Tensor,
+    /// [B, T] int64: rotary positions (each question segment restarts after the video).
+    positions: Tensor,
+    /// [B, 1, T, T] bool: what each token attends to.
+    mask: Tensor,
+    /// [B·F, 3, H, W] uint8.
+    frames: Tensor,
+    /// [B·F·cells] int64: per pooled cell of each frame, 1 + the index in
+    /// [`Shape::ALL`] of the object centred in it (the topmost), 0 for none.
+    cell_shapes: Tensor,
+    /// [B·F·cells] int64: likewise its colour (1 + index in [`Colour::ALL`]), 0 for none.
+    cell_colours: Tensor,
+}
+
+/// Per-cell labels of the frame at `t`: the pooled token grid is `side`×`side` cells of
+/// the frame; each object is assigned to the cell holding its centre.
+fn cell_labels(clip: &Clip, t: f64, side: usize, shapes: &mut Vec<i64>, colours: &mut Vec<i64>) {
+    let start = shapes.len();
+    shapes.resize(start + side * side, 0);
+    colours.resize(start + side * side, 0);
+    let (w, h) = (clip.scene.width as f32, clip.scene.height as f32);
+    for o in clip.scene.visible_at(t) {
+        let [x, y] = o.centre_at(t);
+        let col = ((x / w * side as f32) as usize).min(side - 1);
+        let row = ((y / h * side as f32) as usize).min(side - 1);
+        let at = start + row * side + col;
+        shapes[at] = 1 + Shape::ALL.iter().position(|&s| s == o.shape).unwrap_or(0) as i64;
+        colours[at] = 1 + Colour::ALL.iter().position(|&c| c == o.colour).unwrap_or(0) as i64;
+    }
+}
+
+/// Questions asked about each training clip, per kind.
+const QUESTIONS_PER_KIND: usize = 2;
+
+/// Clip `index` of the training stream and its questions.
+fn training_example(spec: &ClipSpec, stream: u64, index: u64) -> (Clip, Vec<qa::Qa>) {
+    let seed = clip_seed(stream, index);
+    let clip = Clip::random(spec, seed);
+    let questions = qa::sample_set(
+        &clip,
+        QUESTIONS_PER_KIND,
+        &mut fastrand::Rng::with_seed(mix(seed)),
+    );
+    (clip, questions)
+}
+
+/// One row: the video prefix, then one segment per question (the rest of its prompt,
+/// its answer and `<|im_end|>`), each segment placed at the positions it would have
+/// alone and seeing only the prefix and itself: the row scores every question exactly
+/// as separate single-question sequences would, for the price of one video.
+fn make_batch(
+    model: &LlavaOnevision,
+    spec: &ClipSpec,
+    stream: u64,
+    first: u64,
+    size: usize,
+) -> SynthResult<Batch> {
+    struct Row {
+        prefix: Vec<i64>,
+        /// (rest of the prompt, answer + `<|im_end|>`)
+        segments: Vec<(Vec<i64>, Vec<i64>)>,
+    }
+    let mut rows = Vec::with_capacity(size);
+    let mut frames = Vec::with_capacity(size * spec.frames);
+    let side = (model.tokens_per_frame() as f64).sqrt().round() as usize;
+    let (mut cell_shapes, mut cell_colours) = (Vec::new(), Vec::new());
+    let video_id = model.text.video_token_id();
+    for i in 0..size as u64 {
+        let (clip, questions) = training_example(spec, stream, first + i);
+        frames.extend(clip.times.iter().map(|&t| clip.scene.render(t)));
+        for &t in &clip.times {
+            cell_labels(&clip, t, side, &mut cell_shapes, &mut cell_colours);
+        }
+        let mut row = Row {
+            prefix: Vec::new(),
+            segments: Vec::new(),
+        };
+        for qa in &questions {
+            let prompt = model.video_prompt_ids(&qa.question, spec.frames as i64)?;
+            let split = prompt
+                .iter()
+                .rposition(|&id| id == video_id)
+                .map_or(0, |p| p + 1);
+            if row.prefix.is_empty() {
+                row.prefix = prompt[..split].to_vec();
+            } else if row.prefix[..] != prompt[..split] {
+                return Err(SynthError::InvalidInput(
+                    "prompts of one clip differ before the question".into(),
+                ));
+            }
+            let mut answer = model.text.encode(&qa.answer)?;
+            answer.push(IM_END_ID);
+            row.segments.push((prompt[split..].to_vec(), answer));
+        }
+        rows.push(row);
+    }
+    let length = |r: &Row| {
+        r.prefix.len()
+            + r.segments
+                .iter()
+                .map(|(p, a)| p.len() + a.len())
+                .sum::<usize>()
+    };
+    let t = rows.iter().map(length).max().unwrap_or(0);
+    let mut ids = vec![PAD_ID; size * t];
+    let mut labels = vec![-100i64; size * t];
+    let mut answers = vec![-100i64; size * t];
+    let mut positions = vec![0i64; size * t];
+    let mut mask = vec![false; size * t * t];
+    for (b, row) in rows.iter().enumerate() {
+        let base = b * t;
+        let allow = |mask: &mut Vec<bool>, query: usize, keys: std::ops::Range<usize>| {
+            let at = (base + query) * t;
+            mask[at + keys.start..at + keys.end].fill(true);
+        };
+        let p = row.prefix.len();
+        for (j, &id) in row.prefix.iter().enumerate() {
+            ids[base + j] = id;
+            positions[base + j] = j as i64;
+            allow(&mut mask, j, 0..j + 1);
+        }
+        let mut start = p;
+        for (prompt, answer) in &row.segments {
+            for (k, &id) in prompt.iter().chain(answer).enumerate() {
+                let j = start + k;
+                ids[base + j] = id;
+                positions[base + j] = (p + k) as i64;
+                allow(&mut mask, j, 0..p);
+                allow(&mut mask, j, start..j + 1);
+            }
+            // The logit at position j predicts token j + 1: the last prompt token
+            // predicts the first answer token.
+            let last_prompt = start + prompt.len() - 1;
+            for (k, &id) in answer.iter().enumerate() {
+                labels[base + last_prompt + k] = id;
+            }
+            answers[base + last_prompt] = answer[0];
+            start += prompt.len() + answer.len();
+        }
+        // Padding attends to itself only, so no row of the mask is empty.
+        for j in start..t {
+            allow(&mut mask, j, j..j + 1);
+        }
+    }
+    let (b, t) = (size as i64, t as i64);
+    Ok(Batch {
+        ids: Tensor::from_slice(&ids).f_view([b, t])?,
+        labels: Tensor::from_slice(&labels),
+        answers: Tensor::from_slice(&answers),
+        positions: Tensor::from_slice(&positions).f_view([b, t])?,
+        mask: Tensor::from_slice(&mask).f_view([b, 1, t, t])?,
+        frames: frames_to_tensor(&frames)?,
+        cell_shapes: Tensor::from_slice(&cell_shapes),
+        cell_colours: Tensor::from_slice(&cell_colours),
+    })
+}
+
+/// Linear probes on the frame tokens, trained with the model and not saved: each pooled
+/// token must tell which shape and colour is centred in its cell. This dense grounding
+/// signal (nine labels per frame against one answer per clip) teaches the tower and
+/// projector to separate objects long before the answers alone would.
+struct CellProbes {
+    shape: (Tensor, Tensor),
+    colour: (Tensor, Tensor),
+}
+
+impl CellProbes {
+    fn new(hidden: i64) -> SynthResult<Self> {
+        let head = |classes: i64| -> SynthResult<(Tensor, Tensor)> {
+            let w = Tensor::f_randn([classes, hidden], (Kind::Float, tch::Device::Cpu))?
+                .f_div_scalar((hidden as f64).sqrt())?
+                .f_set_requires_grad(true)?;
+            let b = Tensor::f_zeros([classes], (Kind::Float, tch::Device::Cpu))?
+                .f_set_requires_grad(true)?;
+            Ok((w, b))
+        };
+        Ok(Self {
+            shape: head(1 + Shape::ALL.len() as i64)?,
+            colour: head(1 + Colour::ALL.len() as i64)?,
+        })
+    }
+
+    /// Named for the optimiser; the `probe.` prefix keeps them out of the checkpoint.
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("probe.shape.weight".into(), self.shape.0.shallow_clone()),
+            ("probe.shape.bias".into(), self.shape.1.shallow_clone()),
+            ("probe.colour.weight".into(), self.colour.0.shallow_clone()),
+            ("probe.colour.bias".into(), self.colour.1.shallow_clone()),
+        ]
+    }
+
+    /// Mean cross entropy of both probes over every cell; `tokens` [N, cells, hidden].
+    fn loss(&self, tokens: &Tensor, batch: &Batch) -> SynthResult<Tensor> {
+        let hidden = tokens.size()[2];
+        let flat = tokens.f_reshape([-1, hidden])?;
+        let ce = |(w, b): &(Tensor, Tensor), labels: &Tensor| -> SynthResult<Tensor> {
+            Ok(flat.f_linear(w, Some(b))?.f_cross_entropy_loss::<Tensor>(
+                labels,
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            )?)
+        };
+        Ok(ce(&self.shape, &batch.cell_shapes)?.f_add(&ce(&self.colour, &batch.cell_colours)?)?)
+    }
+}
+
+/// Loss and teacher-forced answer accuracy of one batch (the graph kept for backward).
+fn batch_loss(
+    model: &LlavaOnevision,
+    probes: &CellProbes,
+    batch: &Batch,
+    frames: i64,
+) -> SynthResult<(Tensor, f64, f64)> {
+    let (b, t) = batch.ids.size2()?;
+    let pixels = model.preprocessor.process(&batch.frames)?;
+    let per_frame = model.encode_frames(&pixels)?;
+    let probe_loss = probes.loss(&per_frame, batch)?;
+    let (_, tokens, hidden) = per_frame.size3()?;
+    let video = per_frame.f_view([b, frames, tokens, hidden])?;
+    let embeds = model.embed_batch_with_video(&batch.ids, &video)?;
+    let out = model
+        .decoder()
+        .forward_packed(&embeds, &batch.positions, &batch.mask)?;
+    let logits = model.decoder().logits(&out)?.f_view([b * t, -1])?;
+    let answer_loss =
+        logits.f_cross_entropy_loss::<Tensor>(&batch.labels, None, Reduction::Mean, -100, 0.0)?;
+    let probe_value = probe_loss.double_value(&[]);
+    let loss = answer_loss.f_add(&probe_loss.f_mul_scalar(PROBE_WEIGHT)?)?;
+    let accuracy = tch::no_grad(|| -> SynthResult<f64> {
+        let asked = batch.answers.f_ne(-100)?;
+        let right = logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&batch.answers)?
+            .f_logical_and(&asked)?
+            .f_sum(Kind::Int64)?
+            .int64_value(&[]);
+        let asked = asked.f_sum(Kind::Int64)?.int64_value(&[]);
+        Ok(right as f64 / asked.max(1) as f64)
+    })?;
+    Ok((loss, accuracy, probe_value))
+}
+
+struct AdamW {
+    /// First and second moments, one pair per parameter.
+    moments: Vec<(Tensor, Tensor)>,
+    /// Whether weight decay applies (matrices and embeddings, not norms or biases).
+    decays: Vec<bool>,
+    step: i32,
+}
+
+/// Weight of the cell probes' loss against the answers'.
+const PROBE_WEIGHT: f64 = 0.5;
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.95;
+const EPS: f64 = 1e-8;
+const CLIP_NORM: f64 = 1.0;
+
+impl AdamW {
+    fn new(params: &[(String, Tensor)]) -> SynthResult<Self> {
+        let moments = params
+            .iter()
+            .map(|(_, p)| Ok((p.f_zeros_like()?, p.f_zeros_like()?)))
+            .collect::<SynthResult<_>>()?;
+        let decays = params.iter().map(|(_, p)| p.dim() >= 2).collect();
+        Ok(Self {
+            moments,
+            decays,
+            step: 0,
+        })
+    }
+
+    /// One update from the accumulated gradients, which it then zeroes.
+    fn step(&mut self, params: &mut [(String, Tensor)], lr: f64, decay: f64) -> SynthResult<()> {
+        let _guard = tch::no_grad_guard();
+        self.step += 1;
+        let mut squares = Vec::with_capacity(params.len());
+        for (_, p) in params.iter() {
+            let g = p.grad();
+            if g.defined() {
+                squares.push(g.f_square()?.f_sum(Kind::Float)?);
+            }
+        }
+        let norm = Tensor::f_stack(&squares, 0)?
+            .f_sum(Kind::Float)?
+            .f_sqrt()?
+            .double_value(&[]);
+        let scale = (CLIP_NORM / (norm + 1e-6)).min(1.0);
+        let c1 = 1.0 - BETA1.powi(self.step);
+        let c2 = 1.0 - BETA2.powi(self.step);
+        for (((_, p), (m, v)), &decays) in params
+            .iter_mut()
+            .zip(self.moments.iter_mut())
+            .zip(&self.decays)
+        {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let g = g.f_mul_scalar(scale)?;
+            let _ = m
+                .f_mul_scalar_(BETA1)?
+                .f_add_(&g.f_mul_scalar(1.0 - BETA1)?)?;
+            let _ = v
+                .f_mul_scalar_(BETA2)?
+                .f_add_(&g.f_square()?.f_mul_scalar(1.0 - BETA2)?)?;
+            if decays {
+                let _ = p.f_mul_scalar_(1.0 - lr * decay)?;
+            }
+            let denom = v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(EPS)?;
+            let update = m.f_div_scalar(c1)?.f_div(&denom)?.f_mul_scalar(lr)?;
+            let _ = p.f_sub_(&update)?;
+            p.zero_grad();
+        }
+        Ok(())
+    }
+}
+
+/// Learning rate at `step` (0-based): linear warm-up, then cosine to a tenth.
+fn learning_rate(opts: &TrainOptions, step: usize) -> f64 {
+    if step < opts.warmup {
+        return opts.lr * (step + 1) as f64 / opts.warmup as f64;
+    }
+    let span = opts.steps.saturating_sub(opts.warmup).max(1) as f64;
+    let progress = ((step - opts.warmup) as f64 / span).min(1.0);
+    let floor = 0.1 * opts.lr;
+    floor + (opts.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Trains a tiny model into `opts.out`, calling `progress` after every step.
+pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthResult<TrainReport> {
+    let spec = &opts.model;
+    if (opts.clip.width, opts.clip.height) != (spec.image_size as u32, spec.image_size as u32) {
+        return Err(SynthError::InvalidInput(format!(
+            "clips of {}x{} for a tower of {}x{}: render at the tower's size",
+            opts.clip.width, opts.clip.height, spec.image_size, spec.image_size
+        )));
+    }
+    if opts.seed == crate::synth::eval::HELD_OUT_SEED {
+        return Err(SynthError::InvalidInput(format!(
+            "seed {} is the held-out evaluation stream",
+            opts.seed
+        )));
+    }
+    if opts.frames.0 == 0 || opts.frames.0 > opts.frames.1 {
+        return Err(SynthError::InvalidInput(format!(
+            "clip lengths {}..={}: need 1 ≤ min ≤ max",
+            opts.frames.0, opts.frames.1
+        )));
+    }
+    if opts.batch == 0 || opts.steps == 0 {
+        return Err(SynthError::InvalidInput(
+            "steps and batch must be positive".into(),
+        ));
+    }
+    tch::manual_seed(opts.seed as i64);
+    spec.write_files(&opts.out, &opts.clip)?;
+    let init = spec.init_weights()?;
+    checkpoint::write_weights(&opts.out, &init)?;
+    let (model, mut params) =
+        LlavaOnevision::load_trainable(&opts.out, ModelOptions::cpu(Precision::F32))?;
+    let unk = model.text.token_id("<unk>");
+    let probe = model.video_prompt_ids("which shape appeared after the red circle ?", 1)?;
+    if unk.is_some_and(|u| probe.contains(&u)) {
+        return Err(SynthError::InvalidInput(
+            "the templated prompt holds words outside the vocabulary".into(),
+        ));
+    }
+    let probes = CellProbes::new(spec.hidden)?;
+    params.extend(probes.parameters());
+    let mut optimiser = AdamW::new(&params)?;
+    let start = Instant::now();
+    let (mut window_loss, mut window_acc, mut window_n) = (0.0, 0.0, 0usize);
+    let mut window_probe = 0.0;
+    let mut final_loss = f64::NAN;
+    let mut done = 0;
+    let mut stopped_early = false;
+    for step in 0..opts.steps {
+        if start.elapsed() >= opts.max_time {
+            stopped_early = true;
+            break;
+        }
+        let (lo, hi) = opts.frames;
+        let clip = ClipSpec {
+            frames: lo + (mix(opts.seed ^ step as u64) % (hi - lo + 1) as u64) as usize,
+            ..opts.clip.clone()
+        };
+        let batch = make_batch(
+            &model,
+            &clip,
+            opts.seed,
+            (step * opts.batch) as u64,
+            opts.batch,
+        )?;
+        let (loss, accuracy, probe) = batch_loss(&model, &probes, &batch, clip.frames as i64)?;
+        loss.f_backward()?;
+        let lr = learning_rate(opts, step);
+        optimiser.step(&mut params, lr, opts.weight_decay)?;
+        let loss = loss.double_value(&[]);
+        if !loss.is_finite() {
+            return Err(SynthError::InvalidInput(format!(
+                "loss diverged at step {step} (lr {lr:.2e})"
+            )));
+        }
+        final_loss = loss;
+        done = step + 1;
+        window_loss += loss;
+        window_acc += accuracy;
+        window_probe += probe;
+        window_n += 1;
+        let elapsed = start.elapsed();
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        let by_steps = Duration::from_secs_f64((opts.steps - done) as f64 / rate.max(1e-9));
+        let eta = by_steps.min(opts.max_time.saturating_sub(elapsed));
+        progress(&Progress {
+            step: done,
+            steps: opts.steps,
+            loss: window_loss / window_n as f64,
+            probe_loss: window_probe / window_n as f64,
+            answer_accuracy: window_acc / window_n as f64,
+            lr,
+            elapsed,
+            rate,
+            eta,
+        });
+        if done % 10 == 0 {
+            (window_loss, window_acc, window_n) = (0.0, 0.0, 0);
+            window_probe = 0.0;
+        }
+    }
+    let mut tensors: BTreeMap<String, Tensor> = init;
+    params.retain(|(name, _)| !name.starts_with("probe."));
+    for (name, p) in &params {
+        tensors.insert(name.clone(), p.f_detach()?);
+    }
+    checkpoint::write_weights(&opts.out, &tensors)?;
+    let parameters = params.iter().map(|(_, p)| p.numel() as i64).sum();
+    Ok(TrainReport {
+        steps: done,
+        stopped_early,
+        elapsed: start.elapsed(),
+        parameters,
+        final_loss,
+    })
+}
