@@ -126,7 +126,7 @@ use vstreamd::kv::{Block, BlockMeta, CompressedBlock, KvStore, Quant, StoreConfi
 use vstreamd::model::{
     AttnContext, ForwardOptions, KvSegment, LayerKv, LlavaOnevision, ModelOptions, Precision,
 };
-use vstreamd::retrieval;
+use vstreamd::retrieval::{self, LayerSelection};
 
 /// Questions of equal token length (tiny vocabulary): one per ask, so successive asks
 /// retrieve different blocks rather than hitting what the previous one loaded.
@@ -1256,7 +1256,7 @@ fn n_dependent(store: &KvStore, queries: &[f32], layers: usize, k: usize) -> Res
     let t2 = Instant::now();
     let scores = retrieval::score_blocks(queries, layers, &keys);
     let t3 = Instant::now();
-    let selection = retrieval::select_top_k(&scores, k);
+    let selection = retrieval::select_top_k(&scores, k, LayerSelection::PerLayer);
     let t4 = Instant::now();
     std::hint::black_box(&selection);
     Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3].map(|d| d.as_secs_f64()))
@@ -1391,7 +1391,15 @@ fn library_ask(
         ..Default::default()
     };
     let start = Instant::now();
-    let mut prepared = answer::prepare(model, layout, ctx, &req, top_k, SystemTime::now())?;
+    let mut prepared = answer::prepare(
+        model,
+        layout,
+        ctx,
+        &req,
+        top_k,
+        LayerSelection::PerLayer,
+        SystemTime::now(),
+    )?;
     let mut ttft = None;
     answer::generate(
         model,

@@ -18,6 +18,7 @@ use vstreamd::engine::{AskMode, AskRequest};
 use vstreamd::kv::disk::DiskConfig;
 use vstreamd::kv::{Quant, StoreConfig};
 use vstreamd::model::{ForwardOptions, LlavaOnevision, Precision};
+use vstreamd::retrieval::LayerSelection;
 
 fn store(quant: Quant, disk: bool) -> StoreConfig {
     StoreConfig {
@@ -103,7 +104,16 @@ fn prepare(
     ctx: &mut StreamCtx,
     req: &AskRequest,
 ) -> Prepared {
-    answer::prepare(model, layout, ctx, req, 16, std::time::SystemTime::now()).unwrap()
+    answer::prepare(
+        model,
+        layout,
+        ctx,
+        req,
+        16,
+        LayerSelection::PerLayer,
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -254,6 +264,7 @@ fn time_ranges_restrict_the_context() {
         &mut ctx,
         &req,
         16,
+        LayerSelection::PerLayer,
         std::time::SystemTime::now(),
     )
     .err()

@@ -17,6 +17,7 @@ use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::DiskConfig;
 use vstreamd::kv::{Quant, StoreConfig};
 use vstreamd::model::Precision;
+use vstreamd::retrieval::LayerSelection;
 
 const NAME: &str = "tiny_a";
 
@@ -327,4 +328,22 @@ fn blocks_survive_an_engine_restart() {
     let seqs: Vec<u64> = all.citations.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, (0..6).collect::<Vec<u64>>());
     assert!(all.citations.windows(2).all(|w| w[0].pts < w[1].pts));
+}
+
+#[test]
+fn a_shared_retrieval_layer_beyond_the_model_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = load(NAME, Precision::F32);
+    let layers = model.decoder().num_layers();
+    let store = StoreConfig {
+        quant: Quant::Int8,
+        ram_budget_bytes: 1 << 20,
+        rep_key_budget_bytes: 1 << 20,
+        dedup_threshold: None,
+        disk: None,
+    };
+    let mut config = EngineConfig::new(dir.path(), store);
+    config.layer_selection = LayerSelection::Shared(layers);
+    let err = Engine::start(model, config).err().expect("refused");
+    assert!(err.to_string().contains("shared retrieval layer"), "{err}");
 }

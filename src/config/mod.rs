@@ -25,6 +25,7 @@ use crate::engine::EngineConfig;
 use crate::error::ConfigError;
 use crate::kv::disk::{DiskConfig, SyncPolicy};
 use crate::kv::{Quant, StoreConfig};
+use crate::retrieval::LayerSelection;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -155,6 +156,8 @@ pub struct EngineSection {
     pub window_frames: usize,
     pub batch_frames: usize,
     pub top_k: usize,
+    /// Unset: ReKV per-layer retrieval; N: every layer takes layer N's top-k.
+    pub shared_retrieval_layer: Option<usize>,
     pub max_new_tokens: usize,
     pub max_new_tokens_limit: usize,
     pub retention_interval_seconds: u64,
@@ -167,6 +170,7 @@ impl Default for EngineSection {
             window_frames: d.window_frames,
             batch_frames: d.batch_frames,
             top_k: d.top_k,
+            shared_retrieval_layer: None,
             max_new_tokens: d.max_new_tokens,
             max_new_tokens_limit: d.max_new_tokens_limit,
             retention_interval_seconds: d.retention_interval.as_secs(),
@@ -180,7 +184,8 @@ impl Default for EngineSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub quant: Quant,
-    pub ram_budget_mib: u64,
+    /// RAM tier per stream, in MiB; fractions allowed, at least [`MIN_RAM_BUDGET_MIB`].
+    pub ram_budget_mib: f64,
     pub rep_key_budget_mib: u64,
     /// Drop a frame whose keys are this similar (cosine) to the previous one's.
     pub dedup_threshold: Option<f32>,
@@ -194,11 +199,19 @@ pub struct StoreSection {
     pub sync_interval_ms: u64,
 }
 
+/// The smallest RAM tier a stream may have: 16 KiB (a few blocks of a tiny model).
+pub const MIN_RAM_BUDGET_MIB: f64 = 1.0 / 64.0;
+
+/// MiB (fractions allowed) to bytes.
+pub fn mib_to_bytes(mib: f64) -> u64 {
+    (mib * (1u64 << 20) as f64).round() as u64
+}
+
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
             quant: Quant::Int8,
-            ram_budget_mib: 256,
+            ram_budget_mib: 256.0,
             rep_key_budget_mib: 64,
             dedup_threshold: None,
             disk: true,
@@ -214,7 +227,7 @@ impl StoreSection {
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             quant: self.quant,
-            ram_budget_bytes: (self.ram_budget_mib << 20) as usize,
+            ram_budget_bytes: mib_to_bytes(self.ram_budget_mib) as usize,
             rep_key_budget_bytes: (self.rep_key_budget_mib << 20) as usize,
             dedup_threshold: self.dedup_threshold,
             disk: self.disk.then(|| DiskConfig {
@@ -375,8 +388,11 @@ impl Config {
             .validate()
             .map_err(|e| invalid("engine", e.to_string()))?;
         let st = &self.store;
-        if st.ram_budget_mib == 0 {
-            return Err(invalid("store.ram_budget_mib", "must be at least 1"));
+        if !(st.ram_budget_mib.is_finite() && st.ram_budget_mib >= MIN_RAM_BUDGET_MIB) {
+            return Err(invalid(
+                "store.ram_budget_mib",
+                format!("must be at least {MIN_RAM_BUDGET_MIB} (16 KiB)"),
+            ));
         }
         if st.rep_key_budget_mib == 0 {
             return Err(invalid("store.rep_key_budget_mib", "must be at least 1"));
@@ -453,6 +469,9 @@ impl Config {
         config.window_frames = e.window_frames;
         config.batch_frames = e.batch_frames;
         config.top_k = e.top_k;
+        config.layer_selection = e
+            .shared_retrieval_layer
+            .map_or(LayerSelection::PerLayer, LayerSelection::Shared);
         config.max_new_tokens = e.max_new_tokens;
         config.max_new_tokens_limit = e.max_new_tokens_limit;
         config.retention_interval = Duration::from_secs(e.retention_interval_seconds.max(1));

@@ -51,7 +51,7 @@ pub struct StreamEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quant: Option<Quant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ram_budget_mib: Option<u64>,
+    pub ram_budget_mib: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_max_mib: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,8 +95,15 @@ impl StreamEntry {
         if self.width.is_some() != self.height.is_some() {
             return Err(("width", "width and height go together".into()));
         }
+        if let Some(v) = self.ram_budget_mib {
+            if !(v.is_finite() && v >= super::MIN_RAM_BUDGET_MIB) {
+                return Err((
+                    "ram_budget_mib",
+                    format!("must be at least {} (16 KiB)", super::MIN_RAM_BUDGET_MIB),
+                ));
+            }
+        }
         for (field, v) in [
-            ("ram_budget_mib", self.ram_budget_mib),
             ("disk_max_mib", self.disk_max_mib),
             ("max_age_seconds", self.max_age_seconds),
         ] {

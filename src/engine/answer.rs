@@ -27,7 +27,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::kv::{BlockMeta, CompressedBlock, Tier};
 use crate::metrics as names;
 use crate::model::{AttnContext, ForwardOptions, LayerKv, LlavaOnevision};
-use crate::retrieval::{self, Selection};
+use crate::retrieval::{self, LayerSelection, Selection};
 
 /// Where a cited block's KV came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,7 @@ pub fn prepare(
     stream: &mut StreamCtx,
     req: &AskRequest,
     default_k: usize,
+    default_selection: LayerSelection,
     now: SystemTime,
 ) -> EngineResult<Prepared> {
     let range = req.range.resolve(now);
@@ -154,7 +155,8 @@ pub fn prepare(
                         scores.push_block(&queries, keys);
                     }
                 })?;
-                let selection = retrieval::select_top_k(&scores, k);
+                let how = req.layer_selection.unwrap_or(default_selection);
+                let selection = retrieval::select_top_k(&scores, k, how);
                 (candidates, selection)
             } else {
                 (Vec::new(), Selection::default())

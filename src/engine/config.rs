@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{EngineError, EngineResult};
 use crate::kv::StoreConfig;
-use crate::retrieval::TimeRange;
+use crate::retrieval::{LayerSelection, TimeRange};
 
 /// How the engine encodes and answers.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct EngineConfig {
     pub batch_frames: usize,
     /// Blocks each layer retrieves when a question does not say (≥ 1).
     pub top_k: usize,
+    /// Whose scores pick the blocks when a question does not say; a shared layer must
+    /// be one of the model's (checked at start).
+    pub layer_selection: LayerSelection,
     /// Answer length when a question does not say.
     pub max_new_tokens: usize,
     /// Upper bound a question may ask for.
@@ -39,6 +42,7 @@ impl EngineConfig {
             window_frames: 8,
             batch_frames: 4,
             top_k: 16,
+            layer_selection: LayerSelection::PerLayer,
             max_new_tokens: 64,
             max_new_tokens_limit: 1024,
             store,
@@ -117,6 +121,8 @@ pub struct AskRequest {
     pub range: TimeRange,
     /// Blocks per layer (Retrieve) or in all (Uniform); the engine's `top_k` if unset.
     pub top_k: Option<usize>,
+    /// Retrieve: whose scores pick the blocks; the engine's `layer_selection` if unset.
+    pub layer_selection: Option<LayerSelection>,
     /// Frames of the recent window to attend to; the whole window if unset
     /// (Retrieve, Recent), none if unset (Uniform).
     pub recent_frames: Option<usize>,

@@ -42,6 +42,7 @@ use crate::ingest::{self, Frame, StreamHandle, StreamState};
 use crate::kv::StoreConfig;
 use crate::metrics as names;
 use crate::model::LlavaOnevision;
+use crate::retrieval::LayerSelection;
 
 pub use answer::{BlockSource, Citation, Figures, FinishReason};
 pub use config::{AskMode, AskRequest, EngineConfig, Sampling};
@@ -191,6 +192,14 @@ impl Engine {
     /// Starts the engine thread with `model`.
     pub fn start(model: LlavaOnevision, config: EngineConfig) -> EngineResult<Self> {
         config.validate()?;
+        if let LayerSelection::Shared(layer) = config.layer_selection {
+            let layers = model.decoder().num_layers();
+            if layer >= layers {
+                return Err(EngineError::InvalidRequest(format!(
+                    "engine config: shared retrieval layer {layer}, but the model has {layers} layers"
+                )));
+            }
+        }
         let layout = PromptLayout::new(&model)?;
         let (tx, rx) = channel::unbounded();
         let heartbeat = Arc::new(AtomicU64::new(unix_ms()));
@@ -602,6 +611,7 @@ impl Worker {
             &mut entry.ctx,
             req,
             self.config.top_k,
+            self.config.layer_selection,
             SystemTime::now(),
         )?;
         let max_new = req.max_new_tokens.unwrap_or(self.config.max_new_tokens);

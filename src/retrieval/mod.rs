@@ -14,7 +14,8 @@
 //! - [`TimeRange`]: since/until on stream time or wall clock, absolute or relative
 //!   ("the last 10 minutes"), resolved once per question against the current time.
 //! - [`score_blocks`]: scores [blocks × layers] from queries and representative keys.
-//! - [`select_top_k`]: per-layer top-k, each layer's picks in temporal order, plus a
+//! - [`select_top_k`]: per-layer top-k (or one layer's top-k for all, [`LayerSelection`]),
+//!   each layer's picks in temporal order, plus a
 //!   per-block summary for citations.
 //! - [`select_uniform`]: k blocks spread evenly over a range (summaries), the same for
 //!   every layer.
@@ -201,15 +202,34 @@ impl Selection {
     }
 }
 
+/// Whose scores pick each layer's blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerSelection {
+    /// ReKV: each layer its own top-k by its own question query.
+    #[default]
+    PerLayer,
+    /// Every layer gets the top-k of this one layer's scores (clamped to the last
+    /// layer), so all layers see the same frames, as in a contiguous prompt. For models
+    /// whose deeper layers' queries do not single out the relevant frames: on the
+    /// shipped synthetic checkpoint, per-layer retrieval finds the needle in some layer
+    /// for 96% of questions but answers 25% right; layer 0's blocks for all layers
+    /// answer 92–100% right (`cargo bench --bench needle`).
+    Shared(usize),
+}
+
 /// Each layer's `k` best-scoring blocks (ties broken towards the later block), listed
-/// in temporal order. Non-finite scores are never picked, so a layer may get fewer
+/// in temporal order, scored as `how` says. Non-finite scores are never picked, so a layer may get fewer
 /// than `k` only when fewer blocks are comparable; then every layer is cut to the
 /// shortest list so all layers hold the same number of tokens.
-pub fn select_top_k(scores: &Scores, k: usize) -> Selection {
+pub fn select_top_k(scores: &Scores, k: usize, how: LayerSelection) -> Selection {
     let n = scores.blocks();
     let layers = scores.layers;
     let mut per_layer: Vec<Vec<usize>> = Vec::with_capacity(layers);
-    for l in 0..layers {
+    for layer in 0..layers {
+        let l = match how {
+            LayerSelection::PerLayer => layer,
+            LayerSelection::Shared(by) => by.min(layers - 1),
+        };
         let mut order: Vec<usize> = (0..n).filter(|&b| scores.get(b, l).is_finite()).collect();
         // Best first; ties towards the later block. Partition in O(n), sort only the k.
         let better = |a: &usize, b: &usize| {
@@ -315,7 +335,7 @@ mod tests {
     fn mismatched_keys_are_never_picked() {
         let q = [1.0, 1.0];
         let keys = vec![vec![1.0, 1.0], vec![9.0, 9.0, 9.0], vec![0.5, 0.5]];
-        let sel = select_top_k(&score_blocks(&q, 2, &keys), 3);
+        let sel = select_top_k(&score_blocks(&q, 2, &keys), 3, LayerSelection::PerLayer);
         assert_eq!(sel.per_layer, vec![vec![0, 2], vec![0, 2]]);
     }
 
@@ -325,7 +345,7 @@ mod tests {
         let n = 6;
         let keys: Vec<Vec<f32>> = (0..n).map(|b| vec![b as f32, -(b as f32)]).collect();
         let s = score_blocks(&[1.0, 1.0], 2, &keys);
-        let sel = select_top_k(&s, 2);
+        let sel = select_top_k(&s, 2, LayerSelection::PerLayer);
         assert_eq!(sel.per_layer[0], vec![4, 5]);
         assert_eq!(sel.per_layer[1], vec![0, 1]);
         assert_eq!(sel.k(), 2);
@@ -335,12 +355,35 @@ mod tests {
     }
 
     #[test]
+    fn shared_selection_gives_every_layer_one_layers_top_k() {
+        let keys: Vec<Vec<f32>> = (0..6).map(|b| vec![b as f32, -(b as f32)]).collect();
+        let s = score_blocks(&[1.0, 1.0], 2, &keys);
+        let by_first = select_top_k(&s, 2, LayerSelection::Shared(0));
+        assert_eq!(by_first.per_layer, vec![vec![4, 5], vec![4, 5]]);
+        assert!(by_first.picks.iter().all(|p| p.layers == 2));
+        let by_second = select_top_k(&s, 2, LayerSelection::Shared(1));
+        assert_eq!(by_second.per_layer, vec![vec![0, 1], vec![0, 1]]);
+        // A layer beyond the model's is the last one.
+        assert_eq!(select_top_k(&s, 2, LayerSelection::Shared(9)), by_second);
+    }
+
+    #[test]
     fn ties_prefer_the_later_block_and_k_beyond_n_takes_all() {
         let keys = vec![vec![1.0], vec![1.0], vec![1.0]];
         let s = score_blocks(&[1.0], 1, &keys);
-        assert_eq!(select_top_k(&s, 1).per_layer[0], vec![2]);
-        assert_eq!(select_top_k(&s, 10).per_layer[0], vec![0, 1, 2]);
-        let none = select_top_k(&score_blocks::<Vec<f32>>(&[1.0], 1, &[]), 4);
+        assert_eq!(
+            select_top_k(&s, 1, LayerSelection::PerLayer).per_layer[0],
+            vec![2]
+        );
+        assert_eq!(
+            select_top_k(&s, 10, LayerSelection::PerLayer).per_layer[0],
+            vec![0, 1, 2]
+        );
+        let none = select_top_k(
+            &score_blocks::<Vec<f32>>(&[1.0], 1, &[]),
+            4,
+            LayerSelection::PerLayer,
+        );
         assert_eq!(none.k(), 0);
         assert!(none.picks.is_empty());
     }

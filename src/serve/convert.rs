@@ -147,6 +147,8 @@ pub fn ask_request(req: &pb::AskRequest, max_question_bytes: usize) -> Result<As
         mode,
         range: time_range(req.range.as_ref())?,
         top_k: nonzero(o.top_k),
+        // The daemon's `[engine] shared_retrieval_layer` decides.
+        layer_selection: None,
         recent_frames: o.recent_frames.map(|n| n as usize),
         max_new_tokens: nonzero(o.max_new_tokens),
         sampling: Sampling {
@@ -223,7 +225,7 @@ pub fn stream_entry(spec: Option<&pb::StreamSpec>) -> Result<StreamEntry, Status
             );
         }
         entry.ram_budget_mib =
-            (o.ram_budget_bytes > 0).then(|| o.ram_budget_bytes.div_ceil(1 << 20));
+            (o.ram_budget_bytes > 0).then(|| o.ram_budget_bytes as f64 / (1u64 << 20) as f64);
     }
     entry
         .validate()
@@ -253,7 +255,7 @@ pub fn stream_spec(entry: &StreamEntry) -> pb::StreamSpec {
                 .and_then(|q| serde_json::to_value(q).ok())
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            ram_budget_bytes: entry.ram_budget_mib.map_or(0, |m| m << 20),
+            ram_budget_bytes: entry.ram_budget_mib.map_or(0, crate::config::mib_to_bytes),
         }),
     }
 }
