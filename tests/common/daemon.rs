@@ -23,6 +23,11 @@ pub fn binary() -> PathBuf {
 /// (extra tables such as `[engine]` or `[[streams]]`; not `[server]`/`[metrics]`, which
 /// go through `server` instead).
 pub fn config_text(state_dir: &Path, server: &str, extra: &str) -> String {
+    config_text_for(&tiny_model(), state_dir, server, extra)
+}
+
+/// As [`config_text`], with the checkpoint at `model`.
+pub fn config_text_for(model: &Path, state_dir: &Path, server: &str, extra: &str) -> String {
     format!(
         r#"state_dir = "{state}"
 
@@ -39,7 +44,7 @@ listen = "127.0.0.1:0"
 {extra}
 "#,
         state = state_dir.display(),
-        model = tiny_model().display(),
+        model = model.display(),
     )
 }
 
