@@ -18,22 +18,6 @@ fn file_config(path: &std::path::Path, fps: f64, w: u32, h: u32) -> StreamConfig
     c
 }
 
-/// Runs a file to its end and returns every frame.
-fn ingest_all(config: StreamConfig) -> (Vec<Frame>, ingest::StreamStatus) {
-    let handle = ingest::spawn(config).unwrap();
-    let mut frames = Vec::new();
-    loop {
-        match handle.frames.recv_timeout(Duration::from_millis(200)) {
-            Ok(f) => frames.push(f),
-            Err(_) if handle.status().state.is_final() => break,
-            Err(_) => {}
-        }
-    }
-    frames.extend(handle.frames.try_iter());
-    let status = handle.status();
-    (frames, status)
-}
-
 fn assert_timeline(frames: &[Frame], fps: f64) {
     let step = Duration::from_secs_f64(1.0 / fps);
     for (i, f) in frames.iter().enumerate() {
@@ -59,7 +43,7 @@ fn h264_mp4_is_sampled_to_exact_counts() {
     let path = dir.path().join("ten_seconds.mp4");
     h264_file(&path, 10, 30, 320, 240, "mp4mux");
     for (fps, expected) in [(1.0, 10), (2.0, 20), (0.5, 5)] {
-        let (frames, status) = ingest_all(file_config(&path, fps, 64, 48));
+        let (frames, status) = ingest_to_end(file_config(&path, fps, 64, 48));
         assert_eq!(status.state, StreamState::Ended);
         assert_eq!(frames.len(), expected, "{fps} fps over 10 s");
         assert_eq!(status.frames_sampled, expected as u64);
@@ -79,14 +63,14 @@ fn h264_mkv_and_mjpeg_avi_are_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let mkv = dir.path().join("three.mkv");
     h264_file(&mkv, 3, 25, 160, 120, "matroskamux");
-    let (frames, status) = ingest_all(file_config(&mkv, 1.0, 32, 32));
+    let (frames, status) = ingest_to_end(file_config(&mkv, 1.0, 32, 32));
     assert_eq!(status.state, StreamState::Ended);
     assert_eq!(frames.len(), 3);
     assert_timeline(&frames, 1.0);
 
     let avi = dir.path().join("four.avi");
     mjpeg_avi(&avi, 4, 25, 160, 120);
-    let (frames, status) = ingest_all(file_config(&avi, 2.0, 32, 32));
+    let (frames, status) = ingest_to_end(file_config(&avi, 2.0, 32, 32));
     assert_eq!(status.state, StreamState::Ended);
     assert_eq!(frames.len(), 8);
     assert_eq!(status.frames_decoded, 100);
@@ -113,7 +97,7 @@ fn resize_modes_fit_the_output_size() {
     ] {
         let mut c = file_config(&path, 1.0, w, 64);
         c.resize = mode;
-        let (frames, status) = ingest_all(c);
+        let (frames, status) = ingest_to_end(c);
         assert_eq!(
             status.state,
             StreamState::Ended,

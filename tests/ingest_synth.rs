@@ -2,8 +2,12 @@
 //! real GStreamer ingest path and comes out frame for frame as rendered, stamped with
 //! the script's stream times, paced by `speed`, ending with the script.
 
+#[path = "support/media.rs"]
+mod media;
+
 use std::time::{Duration, Instant};
 
+use media::ingest_to_end;
 use vstreamd::ingest::{self, Frame, RtspTransport, Source, StreamConfig, StreamState};
 use vstreamd::synth::script::Script;
 
@@ -13,17 +17,7 @@ fn ingest_all(uri: &str, fps: f64, w: u32, h: u32) -> (Vec<Frame>, ingest::Strea
     config.sample_fps = fps;
     config.width = w;
     config.height = h;
-    let handle = ingest::spawn(config).expect("spawn");
-    let mut frames = Vec::new();
-    loop {
-        match handle.frames.recv_timeout(Duration::from_millis(200)) {
-            Ok(f) => frames.push(f),
-            Err(_) if handle.status().state.is_final() => break,
-            Err(_) => {}
-        }
-    }
-    frames.extend(handle.frames.try_iter());
-    (frames, handle.status())
+    ingest_to_end(config)
 }
 
 #[test]

@@ -544,6 +544,23 @@ path = "/models/tiny"
     }
 
     #[test]
+    fn engine_and_store_keys_reach_the_engine_config() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.engine_config().layer_selection, LayerSelection::PerLayer);
+        let text = format!(
+            "{MINIMAL}\n[engine]\nshared_retrieval_layer = 2\n[store]\nram_budget_mib = 0.015625\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        c.validate().unwrap();
+        let e = c.engine_config();
+        assert_eq!(e.layer_selection, LayerSelection::Shared(2));
+        assert_eq!(e.store.ram_budget_bytes, 16 << 10);
+        let small = format!("{MINIMAL}\n[store]\nram_budget_mib = 0.01\n");
+        let err = Config::parse(&small).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("store.ram_budget_mib"), "{err}");
+    }
+
+    #[test]
     fn remote_listen_is_allowed_with_auth_or_when_told() {
         let base = format!("{MINIMAL}\n[server]\nlisten = \"0.0.0.0:5\"\n");
         let c = Config::parse(&format!("{base}auth_tokens_file = \"/etc/t\"\n")).unwrap();

@@ -55,3 +55,22 @@ pub fn solid_mp4(path: &Path, seconds: u32, w: u32, h: u32, color: u32) {
 }
 
 pub const GENEROUS: Duration = Duration::from_secs(120);
+
+/// Runs an ingest stream until it reaches a final state and returns every frame it
+/// delivered, with its last status.
+pub fn ingest_to_end(
+    config: vstreamd::ingest::StreamConfig,
+) -> (Vec<vstreamd::ingest::Frame>, vstreamd::ingest::StreamStatus) {
+    let handle = vstreamd::ingest::spawn(config).unwrap();
+    let mut frames = Vec::new();
+    loop {
+        match handle.frames.recv_timeout(Duration::from_millis(200)) {
+            Ok(f) => frames.push(f),
+            Err(_) if handle.status().state.is_final() => break,
+            Err(_) => {}
+        }
+    }
+    frames.extend(handle.frames.try_iter());
+    let status = handle.status();
+    (frames, status)
+}
