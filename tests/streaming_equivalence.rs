@@ -1,7 +1,7 @@
 //! The streaming entry points of the decoder give the same results as one-shot
 //! prefill: chunked prefill, keys stored before rotary and re-rotated, and contexts
 //! assembled from segments at explicit positions; contexts whose layers hold different
-//! blocks; the per-layer question queries retrieval scores blocks with.
+//! blocks; training's packed rows; the per-layer question queries retrieval scores blocks with.
 
 mod common;
 
@@ -41,6 +41,57 @@ fn one_shot(model: &LlavaOnevision, embeds: &Tensor) -> (Tensor, AttnContext, Kv
         .forward(embeds, &positions(0, t), &mut ctx, APPEND)
         .unwrap();
     (out.hidden, ctx, out.kv.unwrap())
+}
+
+/// Training's packed rows (`forward_packed`: a shared prefix, then segments that each
+/// see the prefix and themselves at the positions they would have alone) give every
+/// segment the hidden states of its own one-shot prefill, on both fixtures.
+#[test]
+fn packed_segments_equal_their_own_one_shot_prefills() {
+    let _g = tch::no_grad_guard();
+    for name in CHECKPOINTS {
+        let model = load(name, Precision::F32);
+        let (_, embeds) = prompt_embeddings(&model, &frames(name, "frames"));
+        let t = embeds.size()[0];
+        // The prompt's first tokens as the prefix; two segments from its end.
+        let (p, a, b) = (t - 9, 4, 5);
+        let prefix = embeds.narrow(0, 0, p);
+        let seg_a = embeds.narrow(0, t - 9, a);
+        let seg_b = embeds.narrow(0, t - 5, b);
+        let row = Tensor::cat(&[&prefix, &seg_a, &seg_b], 0).unsqueeze(0);
+        let n = p + a + b;
+        let pos = Tensor::cat(&[positions(0, p), positions(p, a), positions(p, b)], 0);
+        let mut mask = vec![false; (n * n) as usize];
+        let mut allow = |q: i64, keys: std::ops::Range<i64>| {
+            for k in keys {
+                mask[(q * n + k) as usize] = true;
+            }
+        };
+        for q in 0..p {
+            allow(q, 0..q + 1);
+        }
+        for (start, len) in [(p, a), (p + a, b)] {
+            for q in start..start + len {
+                allow(q, 0..p);
+                allow(q, start..q + 1);
+            }
+        }
+        let mask = Tensor::from_slice(&mask).view([1, 1, n, n]);
+        let packed = model
+            .decoder()
+            .forward_packed(&row, &pos.unsqueeze(0), &mask)
+            .unwrap()
+            .squeeze_dim(0);
+        for (start, seg) in [(p, &seg_a), (p + a, &seg_b)] {
+            let alone = Tensor::cat(&[&prefix, seg], 0);
+            let (expected, _, _) = one_shot(&model, &alone);
+            let len = seg.size()[0];
+            let diff = max_abs_diff(&packed.narrow(0, start, len), &expected.narrow(0, p, len));
+            assert!(diff <= TOL, "{name}: packed segment differs by {diff}");
+        }
+        let diff = max_abs_diff(&packed.narrow(0, 0, p), &one_shot(&model, &prefix).0);
+        assert!(diff <= TOL, "{name}: packed prefix differs by {diff}");
+    }
 }
 
 #[test]

@@ -88,6 +88,27 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
+impl DecoderLayer {
+    /// `lin(h)` for `h` [B, T, hidden] split into heads: [B, heads, T, head_dim].
+    fn heads(lin: &Linear, h: &Tensor, heads: i64, head_dim: i64) -> ModelResult<Tensor> {
+        let (b, t, _) = h.size3()?;
+        Ok(lin
+            .forward(h)
+            .f_view([b, t, heads, head_dim])?
+            .f_transpose(1, 2)?)
+    }
+
+    /// The rest of the layer after attention: `out` [B, heads, T, head_dim] through
+    /// `o_proj` into the residual `x` [B, T, hidden], then the MLP block.
+    fn finish(&self, x: &Tensor, out: &Tensor) -> ModelResult<Tensor> {
+        let (b, t, _) = x.size3()?;
+        let out = out.f_transpose(1, 2)?.f_reshape([b, t, -1])?;
+        let x = x.f_add(&self.self_attn.o_proj.forward(&out))?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        Ok(x.f_add(&self.mlp.forward(&h)?)?)
+    }
+}
+
 /// Options of one [`Qwen2::forward`] call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForwardOptions {
@@ -269,12 +290,8 @@ impl Qwen2 {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = &layer.self_attn;
-            let split = |lin: &Linear, heads: i64| -> ModelResult<Tensor> {
-                Ok(lin
-                    .forward(&h)
-                    .f_view([1, t, heads, self.head_dim])?
-                    .f_transpose(1, 2)?)
-            };
+            let split =
+                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
             let q_raw = split(&attn.q_proj, self.num_heads)?;
             if opts.return_queries {
                 queries.push(self.grouped_query(&q_raw)?);
@@ -309,12 +326,7 @@ impl Qwen2 {
             if opts.append {
                 ctx.append_layer(i, k, v)?;
             }
-            let out = out
-                .f_transpose(1, 2)?
-                .f_reshape([1, t, self.num_heads * self.head_dim])?;
-            x = x.f_add(&attn.o_proj.forward(&out))?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            x = x.f_add(&layer.mlp.forward(&h)?)?;
+            x = layer.finish(&x, &out)?;
         }
         if opts.append {
             ctx.grow(t);
@@ -346,19 +358,14 @@ impl Qwen2 {
         positions: &Tensor,
         mask: &Tensor,
     ) -> ModelResult<Tensor> {
-        let (b, t, _) = embeds.size3()?;
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.kind())?;
         let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
         let mut x = embeds.shallow_clone();
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = &layer.self_attn;
-            let split = |lin: &Linear, heads: i64| -> ModelResult<Tensor> {
-                Ok(lin
-                    .forward(&h)
-                    .f_view([b, t, heads, self.head_dim])?
-                    .f_transpose(1, 2)?)
-            };
+            let split =
+                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
             let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
             let k = apply_rotary(&split(&attn.k_proj, self.kv_heads)?, &cos, &sin)?;
             let v = split(&attn.v_proj, self.kv_heads)?;
@@ -371,12 +378,8 @@ impl Qwen2 {
                 false,
                 None,
                 self.kv_heads != self.num_heads,
-            )?
-            .f_transpose(1, 2)?
-            .f_reshape([b, t, self.num_heads * self.head_dim])?;
-            x = x.f_add(&attn.o_proj.forward(&out))?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            x = x.f_add(&layer.mlp.forward(&h)?)?;
+            )?;
+            x = layer.finish(&x, &out)?;
         }
         self.norm.forward(&x)
     }
