@@ -202,6 +202,15 @@ pub struct StoreSection {
 /// The smallest RAM tier a stream may have: 16 KiB (a few blocks of a tiny model).
 pub const MIN_RAM_BUDGET_MIB: f64 = 1.0 / 64.0;
 
+/// Checks a RAM tier size in MiB (store default or a stream's own).
+pub fn check_ram_budget_mib(mib: f64) -> Result<(), String> {
+    if mib.is_finite() && mib >= MIN_RAM_BUDGET_MIB {
+        Ok(())
+    } else {
+        Err(format!("must be at least {MIN_RAM_BUDGET_MIB} (16 KiB)"))
+    }
+}
+
 /// MiB (fractions allowed) to bytes.
 pub fn mib_to_bytes(mib: f64) -> u64 {
     (mib * (1u64 << 20) as f64).round() as u64
@@ -388,12 +397,7 @@ impl Config {
             .validate()
             .map_err(|e| invalid("engine", e.to_string()))?;
         let st = &self.store;
-        if !(st.ram_budget_mib.is_finite() && st.ram_budget_mib >= MIN_RAM_BUDGET_MIB) {
-            return Err(invalid(
-                "store.ram_budget_mib",
-                format!("must be at least {MIN_RAM_BUDGET_MIB} (16 KiB)"),
-            ));
-        }
+        check_ram_budget_mib(st.ram_budget_mib).map_err(|m| invalid("store.ram_budget_mib", m))?;
         if st.rep_key_budget_mib == 0 {
             return Err(invalid("store.rep_key_budget_mib", "must be at least 1"));
         }

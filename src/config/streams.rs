@@ -96,12 +96,7 @@ impl StreamEntry {
             return Err(("width", "width and height go together".into()));
         }
         if let Some(v) = self.ram_budget_mib {
-            if !(v.is_finite() && v >= super::MIN_RAM_BUDGET_MIB) {
-                return Err((
-                    "ram_budget_mib",
-                    format!("must be at least {} (16 KiB)", super::MIN_RAM_BUDGET_MIB),
-                ));
-            }
+            super::check_ram_budget_mib(v).map_err(|m| ("ram_budget_mib", m))?;
         }
         for (field, v) in [
             ("disk_max_mib", self.disk_max_mib),

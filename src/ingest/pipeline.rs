@@ -259,10 +259,16 @@ fn synth_appsrc(script: Script, speed: f64) -> Result<gst::Element, IngestError>
                     }
                 }
                 let frame = script.scene.render(t);
-                let mut data = vec![0u8; stride * h as usize];
-                for (dst, src) in data.chunks_mut(stride).zip(frame.rgb.chunks(row)) {
-                    dst[..row].copy_from_slice(src);
-                }
+                // Rows are handed over as rendered unless GStreamer pads them.
+                let data = if stride == row {
+                    frame.rgb
+                } else {
+                    let mut padded = vec![0u8; stride * h as usize];
+                    for (dst, src) in padded.chunks_mut(stride).zip(frame.rgb.chunks(row)) {
+                        dst[..row].copy_from_slice(src);
+                    }
+                    padded
+                };
                 let mut buffer = gst::Buffer::from_mut_slice(data);
                 if let Some(b) = buffer.get_mut() {
                     b.set_pts(gst::ClockTime::from_nseconds((t * 1e9).round() as u64));
