@@ -323,9 +323,9 @@ fn spans(citations: &[pb::Citation]) -> String {
         _ => "?",
     };
     let mut out: Vec<String> = Vec::new();
-    let mut run: Option<(u64, u64, f64, f64, i32)> = None;
-    let flush = |run: (u64, u64, f64, f64, i32), out: &mut Vec<String>| {
-        let (_, _, a, b, s) = run;
+    // (last seq, first time, last time, source) of the current run.
+    let mut run: Option<(u64, f64, f64, i32)> = None;
+    let flush = |(_, a, b, s): (u64, f64, f64, i32), out: &mut Vec<String>| {
         out.push(if (b - a).abs() < 1e-6 {
             format!("{a:.0} s ({})", name(s))
         } else {
@@ -335,14 +335,12 @@ fn spans(citations: &[pb::Citation]) -> String {
     for c in citations {
         let t = c.at.as_ref().map_or(0.0, |m| m.stream_seconds);
         run = match run {
-            Some((first, last, a, _, s)) if c.seq == last + 1 && c.source == s => {
-                Some((first, c.seq, a, t, s))
-            }
+            Some((last, a, _, s)) if c.seq == last + 1 && c.source == s => Some((c.seq, a, t, s)),
             Some(r) => {
                 flush(r, &mut out);
-                Some((c.seq, c.seq, t, t, c.source))
+                Some((c.seq, t, t, c.source))
             }
-            None => Some((c.seq, c.seq, t, t, c.source)),
+            None => Some((c.seq, t, t, c.source)),
         };
     }
     if let Some(r) = run {
