@@ -130,6 +130,9 @@ impl LlavaOnevision {
     /// model needs and lacks, one it does not know, or a wrong shape is an error naming
     /// the tensor.
     pub fn load(dir: &Path, opts: ModelOptions) -> ModelResult<Self> {
+        if let Some(why) = opts.slow_cpu_gemm() {
+            tracing::warn!(model = %dir.display(), "{why}");
+        }
         let store = WeightStore::open(dir, opts.device, opts.dtype)?;
         Self::load_from(dir, &store, opts)
     }
