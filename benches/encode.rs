@@ -16,10 +16,11 @@
 //! - frames/s: a warm-up pass, then `iters` passes over `frames` synthetic frames; the
 //!   median pass (also split into preprocess / tower / prefill);
 //! - achieved FLOP/s: analytic FLOPs per frame (see [`flops_per_frame`]) × frames/s,
-//!   against a ceiling measured here, a 2048³ matmul in the model dtype through libtorch.
-//!   Shared machines drift (this one between ~0.5 and ~2 TFLOP/s bf16 within seconds),
-//!   so the ceiling is sampled right before and after every pass, each pass is divided
-//!   by the samples next to it, and the median of those shares is the figure reported
+//!   against a ceiling measured here, a 2048³ product `a · bᵀ` (a linear layer's
+//!   layout) in the model dtype through libtorch. Shared machines drift (this 2-core one
+//!   by up to 2× within seconds), so the ceiling is sampled right before and after
+//!   every pass, each pass is divided by the samples next to it, and the median of
+//!   those shares is the figure reported
 //!   (the share of the overall median ceiling is printed too);
 //! - memory: VmHWM from /proc/self/status over the whole process, and again for the
 //!   encode passes alone (the high-water mark reset through /proc/self/clear_refs after
@@ -220,7 +221,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The matmul ceiling: an N³ matmul of two random [N, N] matrices in the model dtype.
+/// The matmul ceiling: an N³ product `a · bᵀ` of two random [N, N] matrices in the model dtype.
 struct Ceiling {
     a: Tensor,
     b: Tensor,
@@ -237,9 +238,18 @@ impl Ceiling {
             samples: Vec::new(),
         };
         for _ in 0..3 {
-            let _ = c.a.f_matmul(&c.b)?;
+            let _ = c.product()?;
         }
         Ok(c)
+    }
+
+    /// `a · bᵀ`: the layout of a linear layer (weights stored `[out, in]`), which is what
+    /// the model's matmuls are. libtorch picks its kernel by layout, and on CPUs without
+    /// native bf16 the plain `a · b` bf16 kernel is several times slower still than this
+    /// one (measured on an AVX2 machine: 0.2–1.4 vs 10 GFLOP/s), so `a · b` would
+    /// understate the ceiling the model could reach.
+    fn product(&self) -> Result<Tensor> {
+        Ok(self.a.f_matmul(&self.b.f_tr()?)?)
     }
 
     /// Takes `n` timed samples; returns them (and keeps them).
@@ -248,7 +258,7 @@ impl Ceiling {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let start = Instant::now();
-            let c = self.a.f_matmul(&self.b)?;
+            let c = self.product()?;
             out.push(flops / start.elapsed().as_secs_f64());
             drop(c);
         }
