@@ -48,11 +48,14 @@
 //! `scripts/bench_encode.py --compare`, which runs this bench and `transformers` side
 //! by side and prints the ratios.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use support::{env_or, median};
 use tch::{Kind, Tensor};
 use vstreamd::model::{AttnContext, ForwardOptions, LlavaOnevision, ModelOptions, Precision};
 
@@ -71,16 +74,6 @@ struct Settings {
     frame_size: Option<(i64, i64)>,
     threads: Option<i32>,
     dump: Option<PathBuf>,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} does not parse")),
-        Err(_) => Ok(default),
-    }
 }
 
 impl Settings {
@@ -208,17 +201,6 @@ fn memory_kb() -> (i64, i64) {
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0); false where that is refused.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// The matmul ceiling: an N³ product `a · bᵀ` of two random [N, N] matrices in the model dtype.

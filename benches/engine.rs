@@ -105,6 +105,8 @@
 //! | `VSTREAMD_BENCH_BIG_PREFILL_S` | 60 | time allowed for the re-prefill of (3) |
 //! | `VSTREAMD_BENCH_THREADS` | libtorch's (tiny: 1) | `tch::set_num_threads` |
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,6 +114,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
+use support::median;
 use tch::{Device, Kind, Tensor};
 use vstreamd::engine::answer;
 use vstreamd::engine::prompt::PromptLayout;
@@ -341,17 +344,6 @@ fn print_table(rows: &[Row]) {
 
 // ---------------------------------------------------------------------------------
 // Small helpers
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 fn ms(seconds: f64) -> String {
     format!("{:.2} ms", seconds * 1e3)

@@ -37,12 +37,15 @@
 //!
 //! About 3 minutes on this 2-core machine (`cargo bench --bench needle`, build excluded).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
+use support::env_or;
 use vstreamd::engine::{AskMode, AskRequest, Engine, EngineConfig, FrameInput, StreamSpec};
 use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
@@ -72,15 +75,6 @@ struct Settings {
     k: usize,
     recent: usize,
     threads: i32,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow!("{name}={v}: not a valid value")),
-        Err(_) => Ok(default),
-    }
 }
 
 impl Settings {
