@@ -118,11 +118,16 @@ impl KvStore {
             let (disk, recovered) = DiskTier::open(dir, &store.stream, disk_config)?;
             let reader = disk.reader();
             for meta in reader.metas() {
-                // The record payload starts with the block's own header and rep keys.
-                match reader.get(meta.seq).and_then(|r| match r {
-                    Some(rec) => CompressedBlock::from_bytes(&rec).map(Some),
-                    None => Ok(None),
-                }) {
+                // The record payload starts with the block's own header and rep keys. A
+                // record that fails its checksums was counted by the disk tier; one that
+                // passes them but does not decode as a block is reported to it here.
+                let block = match reader.get(meta.seq) {
+                    Ok(Some(rec)) => CompressedBlock::from_bytes(&rec)
+                        .map(Some)
+                        .map_err(|e| reader.undecodable(meta.seq, e)),
+                    other => other.map(|_| None),
+                };
+                match block {
                     Ok(Some(block)) => {
                         store.index.insert(
                             block.meta.seq,
@@ -135,7 +140,6 @@ impl KvStore {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        metrics::counter!(names::KV_CORRUPT_RECORDS, "stream" => store.stream.to_string()).increment(1);
                         tracing::warn!(stream = %store.stream, seq = meta.seq, error = %e, "skipping unreadable block");
                     }
                 }
@@ -216,22 +220,20 @@ impl KvStore {
             token_count: block.meta.tokens,
         };
         let payload = block.to_bytes();
-        let stream = self.stream.to_string();
         let mut freed_any = false;
         // After a failed write the tier rolls to a fresh segment: one plain retry first
         // (a per-file limit), then retention (a full filesystem), then RAM-only.
         let mut retried = false;
         loop {
             match disk.append(&meta, &payload) {
+                // The disk tier counts its appends, write errors and deletions.
                 Ok(done) => {
-                    metrics::counter!(names::KV_SPILLS, "stream" => stream.clone()).increment(1);
                     if freed_any {
                         self.forget_deleted_segments();
                     }
                     return (true, done.durable);
                 }
                 Err(e) => {
-                    metrics::counter!(names::KV_WRITE_ERRORS, "stream" => stream.clone(), "error_type" => e.error_type()).increment(1);
                     let full = matches!(e, KvError::DiskFull { .. });
                     if full && !retried {
                         retried = true;
@@ -239,12 +241,12 @@ impl KvStore {
                     }
                     let retry = full && disk.free_space_by_retention().unwrap_or(false);
                     if retry {
-                        metrics::counter!(names::KV_RETENTION_DELETES, "stream" => stream.clone(), "reason" => "disk_full").increment(1);
                         freed_any = true;
                         continue;
                     }
                     tracing::error!(stream = %self.stream, error = %e, "disk tier unusable; continuing RAM-only");
-                    metrics::gauge!(names::KV_DEGRADED, "stream" => stream).set(1.0);
+                    metrics::gauge!(names::KV_DEGRADED, "stream" => self.stream.to_string())
+                        .set(1.0);
                     self.degraded = true;
                     if freed_any {
                         self.forget_deleted_segments();
@@ -305,7 +307,9 @@ impl KvStore {
                 .filter(|_| entry.on_disk)
                 .ok_or(KvError::NotFound(seq))?;
             let (_, payload) = reader.read_owned(seq)?.ok_or(KvError::NotFound(seq))?;
-            let block = Arc::new(CompressedBlock::from_bytes(&payload)?);
+            let block = Arc::new(
+                CompressedBlock::from_bytes(&payload).map_err(|e| reader.undecodable(seq, e))?,
+            );
             self.ram.insert(block.clone());
             (block, Tier::Disk)
         };
@@ -352,7 +356,9 @@ impl KvStore {
                                         let (_, payload) = reader
                                             .read_owned(seq)?
                                             .ok_or(KvError::NotFound(seq))?;
-                                        Ok((i, CompressedBlock::from_bytes(&payload)?))
+                                        let block = CompressedBlock::from_bytes(&payload)
+                                            .map_err(|e| reader.undecodable(seq, e))?;
+                                        Ok((i, block))
                                     })
                                     .collect::<Vec<_>>()
                             })

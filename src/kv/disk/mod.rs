@@ -1028,6 +1028,16 @@ impl DiskReader {
         Ok(map)
     }
 
+    /// Reports that record `seq` passed its checksums but its payload could not be
+    /// decoded (`error`, returned as it is): such a record is corrupt too and counted
+    /// here, the one owner of the corrupt-record count, so no reader counts it twice.
+    pub fn undecodable(&self, seq: u64, error: KvError) -> KvError {
+        metrics::counter!(names::KV_CORRUPT_RECORDS, "stream" => self.stream.to_string())
+            .increment(1);
+        tracing::error!(stream = %self.stream, seq, error = %error, "undecodable record not served");
+        error
+    }
+
     fn corrupt_read(&self, path: &Path, offset: u64, reason: &str) -> KvError {
         metrics::counter!(names::KV_CORRUPT_RECORDS, "stream" => self.stream.to_string())
             .increment(1);
