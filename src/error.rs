@@ -4,6 +4,28 @@
 
 use std::path::PathBuf;
 
+/// At most this many bytes of a client's or a source's text go into an error message
+/// or a log line (the rest is summarised by its length).
+pub const EXCERPT_BYTES: usize = 64;
+
+/// `text` fit for an error message or a log line however long or odd it is: at most
+/// [`EXCERPT_BYTES`] bytes (cut at a character boundary, then `…(N bytes)`), control
+/// characters replaced by `�`. Never echo unbounded input otherwise.
+pub fn excerpt(text: &str) -> String {
+    let mut end = text.len().min(EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if end < text.len() {
+        out.push_str(&format!("…({} bytes)", text.len()));
+    }
+    out
+}
+
 /// Errors of the model runtime (`crate::model`): loading a checkpoint and running it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -206,6 +228,9 @@ pub enum EngineError {
     Cancelled,
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A broken invariant or a caught panic: the daemon's fault, not the request's.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -226,6 +251,7 @@ impl EngineError {
             EngineError::NoContent(_) => "no_content",
             EngineError::Cancelled => "cancelled",
             EngineError::ShuttingDown => "shutting_down",
+            EngineError::Internal(_) => "internal",
             EngineError::Model(e) => e.error_type(),
             EngineError::Kv(e) => e.error_type(),
             EngineError::Ingest(e) => e.error_type(),
@@ -328,4 +354,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_bounded_and_printable() {
+        assert_eq!(excerpt("cam-1"), "cam-1");
+        let long = "é".repeat(100_000);
+        let e = excerpt(&long);
+        assert!(e.len() <= EXCERPT_BYTES + 32, "{}", e.len());
+        assert!(e.ends_with("…(200000 bytes)"), "{e}");
+        assert_eq!(excerpt("a\nb\u{0}"), "a\u{FFFD}b\u{FFFD}");
+    }
 }

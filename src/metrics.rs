@@ -61,6 +61,18 @@ pub const ENGINE_TIME_TO_FIRST_TOKEN: &str = "vstreamd_engine_time_to_first_toke
 pub const ENGINE_ASK_QUEUE_SECONDS: &str = "vstreamd_engine_ask_queue_seconds";
 /// Tokens generated in answers.
 pub const ENGINE_TOKENS_GENERATED: &str = "vstreamd_engine_tokens_generated_total";
+/// Engine thread time of one answering step. Labels: `step` (`first`: a question's
+/// retrieval, question pass and first token; `decode`: one more token). Its `_sum`
+/// against the encode batches' shows the answering/encoding share at work.
+pub const ENGINE_ANSWER_STEP_SECONDS: &str = "vstreamd_engine_answer_step_seconds";
+/// Longest time between two engine heartbeats (progress: a decode step, a stream's
+/// encode, a loop turn) since start; the watchdog interval must exceed it.
+pub const ENGINE_HEARTBEAT_GAP_MAX: &str = "vstreamd_engine_heartbeat_gap_max_seconds";
+/// Questions open in the engine (first step done, still decoding).
+pub const ENGINE_OPEN_ANSWERS: &str = "vstreamd_engine_open_answers";
+/// Internal failures (a caught panic, a broken invariant): the daemon's fault, never a
+/// request's. Labels: `component` (`engine`, `ingest`, `serve`), `what`.
+pub const INTERNAL_ERRORS: &str = "vstreamd_internal_errors_total";
 /// Streams the engine is encoding.
 pub const ENGINE_STREAMS: &str = "vstreamd_engine_streams";
 /// Blocks scored per question (representative keys scanned).
@@ -77,7 +89,8 @@ pub const GRPC_REQUEST_SECONDS: &str = "vstreamd_grpc_request_duration_seconds";
 /// gRPC requests in flight. Labels: `method`.
 pub const GRPC_IN_FLIGHT: &str = "vstreamd_grpc_in_flight";
 /// Requests refused before any work. Labels: `reason` (`unauthenticated`,
-/// `resource_exhausted`, `invalid_argument`).
+/// `resource_exhausted`, `invalid_argument`, `malformed_message`: a body that is not
+/// the method's protobuf message, refused before a handler sees it).
 pub const GRPC_REJECTED: &str = "vstreamd_grpc_rejected_total";
 /// Alerts sent by standing questions. Labels: `stream`.
 pub const WATCH_ALERTS: &str = "vstreamd_watch_alerts_total";
@@ -85,6 +98,11 @@ pub const WATCH_ALERTS: &str = "vstreamd_watch_alerts_total";
 pub const SERVE_STREAMS: &str = "vstreamd_streams";
 /// 1 once the daemon serves (model loaded, stores recovered), 0 before and while stopping.
 pub const SERVE_READY: &str = "vstreamd_ready";
+
+/// Counts an internal failure of `component` (logged by the caller with its context).
+pub fn internal_error(component: &'static str, what: &'static str) {
+    metrics::counter!(INTERNAL_ERRORS, "component" => component, "what" => what).increment(1);
+}
 
 /// Histogram buckets for latencies in seconds: 1 ms to 10 min.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -170,6 +188,21 @@ pub fn describe() {
     );
     describe_counter!(ENGINE_TOKENS_GENERATED, "Answer tokens generated");
     describe_gauge!(ENGINE_STREAMS, "Streams being encoded");
+    describe_histogram!(
+        ENGINE_ANSWER_STEP_SECONDS,
+        Unit::Seconds,
+        "Engine thread time of one answering step"
+    );
+    describe_gauge!(
+        ENGINE_HEARTBEAT_GAP_MAX,
+        Unit::Seconds,
+        "Longest gap between engine heartbeats since start"
+    );
+    describe_gauge!(ENGINE_OPEN_ANSWERS, "Questions being decoded");
+    describe_counter!(
+        INTERNAL_ERRORS,
+        "Internal failures (caught panics, broken invariants)"
+    );
     describe_histogram!(RETRIEVAL_BLOCKS_SCANNED, "Blocks scored per question");
     describe_counter!(
         RETRIEVAL_BLOCKS_LOADED,

@@ -92,6 +92,19 @@ pub struct Prepared {
     pub figures: Figures,
 }
 
+impl Prepared {
+    /// Holds a place while the real one is decoding (no tensors).
+    fn placeholder() -> Self {
+        Self {
+            ctx: AttnContext::new(0),
+            question: Tensor::new(),
+            positions: Tensor::new(),
+            citations: Vec::new(),
+            figures: Figures::default(),
+        }
+    }
+}
+
 /// Builds the context of `req` over `stream` (see the module doc).
 pub fn prepare(
     model: &LlavaOnevision,
@@ -171,6 +184,26 @@ pub fn prepare(
         .iter()
         .map(|p| candidates[p.index].seq)
         .collect();
+    // The context must fit the model's positions; checked before any block is loaded.
+    let block_tokens = selection
+        .per_layer
+        .iter()
+        .map(|chosen| {
+            chosen
+                .iter()
+                .map(|&i| i64::from(candidates[i].tokens))
+                .sum::<i64>()
+        })
+        .max()
+        .unwrap_or(0);
+    let recent_tokens: i64 = recent_idx
+        .iter()
+        .map(|&i| stream.window()[i].kv.len())
+        .sum();
+    new_tokens_room(
+        model,
+        stream.sinks().len() + block_tokens + recent_tokens + question.size()[0],
+    )?;
     let loaded = stream.store.get_many(&picked)?;
     let retrieval_time = started.elapsed();
     let recent: Vec<&WindowFrame> = recent_idx.iter().map(|&i| &stream.window()[i]).collect();
@@ -222,9 +255,7 @@ pub fn prepare(
                 .map(|i| {
                     blocks
                         .get(i)
-                        .ok_or_else(|| {
-                            EngineError::InvalidRequest(format!("block {i} not loaded"))
-                        })?
+                        .ok_or_else(|| EngineError::Internal(format!("block {i} not loaded")))?
                         .layer_kv(l, device, model.dtype())
                         .map_err(EngineError::from)
                 })
@@ -261,6 +292,21 @@ pub fn prepare(
     })
 }
 
+/// How many new tokens fit after a context of `context` tokens (sinks, frames,
+/// question) within the model's `max_position_embeddings`: a context that leaves no room
+/// is refused (the client asked for too many frames); answers are cut to the room left
+/// (they end with LENGTH there).
+pub fn new_tokens_room(model: &LlavaOnevision, context: i64) -> EngineResult<usize> {
+    let limit = model.config.text_config.max_position_embeddings;
+    if context >= limit {
+        return Err(EngineError::InvalidRequest(format!(
+            "the context would hold {context} tokens, the model has {limit} positions: ask \
+             for fewer frames (top_k, recent_frames, a narrower range)"
+        )));
+    }
+    Ok(usize::try_from(limit - context).unwrap_or(0))
+}
+
 fn record_loads(figures: &Figures, took: Duration) {
     metrics::histogram!(names::RETRIEVAL_BLOCKS_SCANNED).record(figures.blocks_scanned as f64);
     metrics::counter!(names::RETRIEVAL_BLOCKS_LOADED, "tier" => "ram")
@@ -288,7 +334,7 @@ fn question_queries(
     let out = model.decoder().forward(question, &pos, &mut ctx, opts)?;
     let queries = out
         .queries
-        .ok_or_else(|| EngineError::InvalidRequest("forward returned no queries".into()))?;
+        .ok_or_else(|| EngineError::Internal("forward returned no queries".into()))?;
     let flat = queries
         .f_to_kind(Kind::Float)?
         .f_to_device(tch::Device::Cpu)?
@@ -310,10 +356,133 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// Decodes the answer of a prepared question: `on_token(id, text)` receives each new
-/// piece of text as it is produced and returns false to cancel. Returns the tokens (the
-/// stop token excluded), the full text and why it ended. `first_token` is called once,
-/// when the first token is known.
+/// One answer being decoded a token at a time, so that the engine can interleave the
+/// steps of several answers with encoding. [`Decoding::start`] runs the question over
+/// its context and picks the first token; each [`Decoding::step`] hands out the token
+/// picked last and, unless the answer ends there, runs the decoder once to pick the
+/// next. Running the steps to the end is exactly [`generate`].
+pub struct Decoding {
+    /// The question's context, grown by one token per step.
+    pub prepared: Prepared,
+    /// Picked, not yet handed out.
+    next: i64,
+    /// Position of `next` once fed back.
+    pos: i64,
+    /// Handed out so far (no stop token).
+    tokens: Vec<i64>,
+    /// The text of `tokens` up to its last whole character.
+    text: String,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    stop_strings: Vec<String>,
+    rng: fastrand::Rng,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A token was handed out (or held back while a character is incomplete); more come.
+    Continue,
+    Done(FinishReason),
+}
+
+impl Decoding {
+    /// The question pass: runs `prepared`'s question over its context and picks the
+    /// first token.
+    pub fn start(
+        model: &LlavaOnevision,
+        mut prepared: Prepared,
+        max_new_tokens: usize,
+        sampling: Sampling,
+        stop_strings: Vec<String>,
+    ) -> EngineResult<Self> {
+        let dec = model.decoder();
+        let mut rng = fastrand::Rng::with_seed(sampling.seed);
+        let out = dec.forward(
+            &prepared.question,
+            &prepared.positions,
+            &mut prepared.ctx,
+            append_options(),
+        )?;
+        let last = out.hidden.f_narrow(0, out.hidden.size()[0] - 1, 1)?;
+        let next = pick(&dec.logits(&last)?, sampling, &mut rng)?;
+        let pos = prepared.ctx.len();
+        Ok(Self {
+            prepared,
+            next,
+            pos,
+            tokens: Vec::new(),
+            text: String::new(),
+            max_new_tokens,
+            sampling,
+            stop_strings,
+            rng,
+        })
+    }
+
+    /// Hands out the picked token through `on_token(id, new text)` (false: cancel),
+    /// then ends the answer or picks the next token.
+    pub fn step(
+        &mut self,
+        model: &LlavaOnevision,
+        mut on_token: impl FnMut(i64, &str) -> bool,
+    ) -> EngineResult<Step> {
+        let next = self.next;
+        if model.stop_tokens().contains(&next) {
+            return Ok(Step::Done(FinishReason::Stop));
+        }
+        self.tokens.push(next);
+        let full = model.text.decode(&self.tokens, true)?;
+        // Emit only whole characters: a byte-level token may complete one later.
+        let piece = full.get(self.text.len()..).unwrap_or_default().to_owned();
+        if !piece.ends_with('\u{FFFD}') {
+            self.text = full;
+            if !on_token(next, &piece) {
+                return Ok(Step::Done(FinishReason::Cancelled));
+            }
+        }
+        if self
+            .stop_strings
+            .iter()
+            .any(|s| self.text.ends_with(s.as_str()))
+        {
+            return Ok(Step::Done(FinishReason::StopString));
+        }
+        if self.tokens.len() >= self.max_new_tokens {
+            return Ok(Step::Done(FinishReason::Length));
+        }
+        let dec = model.decoder();
+        let device = model.device();
+        let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
+        let p = positions(self.pos, 1, device)?;
+        let out = dec.forward(
+            &dec.embed(&ids)?,
+            &p,
+            &mut self.prepared.ctx,
+            append_options(),
+        )?;
+        self.pos += 1;
+        self.next = pick(&dec.logits(&out.hidden)?, self.sampling, &mut self.rng)?;
+        Ok(Step::Continue)
+    }
+
+    /// Tokens handed out (the stop token excluded) and their text.
+    pub fn into_output(self) -> (Vec<i64>, String, Prepared) {
+        (self.tokens, self.text, self.prepared)
+    }
+}
+
+fn append_options() -> ForwardOptions {
+    ForwardOptions {
+        append: true,
+        ..Default::default()
+    }
+}
+
+/// Decodes the answer of a prepared question to its end: `on_token(id, text)` receives
+/// each new piece of text as it is produced and returns false to cancel. Returns the
+/// tokens (the stop token excluded), the full text and why it ended. `first_token` is
+/// called once, when the first token is known. `prepared` holds the grown context after.
 pub fn generate(
     model: &LlavaOnevision,
     prepared: &mut Prepared,
@@ -323,52 +492,25 @@ pub fn generate(
     mut first_token: impl FnMut(),
     mut on_token: impl FnMut(i64, &str) -> bool,
 ) -> EngineResult<(Vec<i64>, String, FinishReason)> {
-    let dec = model.decoder();
-    let device = model.device();
-    let stop_ids = model.stop_tokens();
-    let opts = ForwardOptions {
-        append: true,
-        ..Default::default()
-    };
-    let mut rng = fastrand::Rng::with_seed(sampling.seed);
-    let out = dec.forward(
-        &prepared.question,
-        &prepared.positions,
-        &mut prepared.ctx,
-        opts,
+    let taken = std::mem::replace(prepared, Prepared::placeholder());
+    let mut decoding = Decoding::start(
+        model,
+        taken,
+        max_new_tokens,
+        sampling,
+        stop_strings.to_vec(),
     )?;
-    let last = out.hidden.f_narrow(0, out.hidden.size()[0] - 1, 1)?;
-    let mut next = pick(&dec.logits(&last)?, sampling, &mut rng)?;
     first_token();
-    let mut pos = prepared.ctx.len();
-    let mut tokens: Vec<i64> = Vec::new();
-    let mut text = String::new();
-    loop {
-        if stop_ids.contains(&next) {
-            return Ok((tokens, text, FinishReason::Stop));
+    let finish = loop {
+        match decoding.step(model, &mut on_token) {
+            Ok(Step::Continue) => {}
+            Ok(Step::Done(finish)) => break Ok(finish),
+            Err(e) => break Err(e),
         }
-        tokens.push(next);
-        let full = model.text.decode(&tokens, true)?;
-        // Emit only whole characters: a byte-level token may complete one later.
-        let piece = full.get(text.len()..).unwrap_or_default().to_owned();
-        if !piece.ends_with('\u{FFFD}') {
-            text = full;
-            if !on_token(next, &piece) {
-                return Ok((tokens, text, FinishReason::Cancelled));
-            }
-        }
-        if stop_strings.iter().any(|s| text.ends_with(s.as_str())) {
-            return Ok((tokens, text, FinishReason::StopString));
-        }
-        if tokens.len() >= max_new_tokens {
-            return Ok((tokens, text, FinishReason::Length));
-        }
-        let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
-        let p = positions(pos, 1, device)?;
-        let out = dec.forward(&dec.embed(&ids)?, &p, &mut prepared.ctx, opts)?;
-        pos += 1;
-        next = pick(&dec.logits(&out.hidden)?, sampling, &mut rng)?;
-    }
+    };
+    let (tokens, text, grown) = decoding.into_output();
+    *prepared = grown;
+    Ok((tokens, text, finish?))
 }
 
 /// Greedy, or temperature + nucleus (top-p) sampling, from logits [1, vocab].

@@ -19,8 +19,11 @@ pub struct EngineConfig {
     /// At most this many frames per encode batch, over all streams (≥ 1). A question
     /// waits for at most one batch.
     pub batch_frames: usize,
-    /// Blocks each layer retrieves when a question does not say (≥ 1).
+    /// Blocks each layer retrieves when a question does not say (1..=`max_top_k`).
     pub top_k: usize,
+    /// The most blocks a question may ask for (per layer when retrieving, in all when
+    /// spread uniformly), so that no request loads a whole store (≥ 1).
+    pub max_top_k: usize,
     /// Whose scores pick the blocks when a question does not say; a shared layer must
     /// be one of the model's (checked at start).
     pub layer_selection: LayerSelection,
@@ -32,6 +35,10 @@ pub struct EngineConfig {
     pub store: StoreConfig,
     /// How often retention runs over the disk tiers.
     pub retention_interval: Duration,
+    /// The engine thread's time given to answering while frames wait to be encoded, in
+    /// (0, 1): answers get this share and encoding the rest (see
+    /// [`super::schedule::SharePolicy`]). With no frames waiting, answers take it all.
+    pub answer_share: f64,
 }
 
 impl EngineConfig {
@@ -42,11 +49,13 @@ impl EngineConfig {
             window_frames: 8,
             batch_frames: 4,
             top_k: 16,
+            max_top_k: 64,
             layer_selection: LayerSelection::PerLayer,
             max_new_tokens: 64,
             max_new_tokens_limit: 1024,
             store,
             retention_interval: Duration::from_secs(10),
+            answer_share: 0.5,
         }
     }
 
@@ -58,8 +67,11 @@ impl EngineConfig {
         if self.batch_frames == 0 {
             return bad("batch_frames must be at least 1");
         }
-        if self.top_k == 0 {
-            return bad("top_k must be at least 1");
+        if self.top_k == 0 || self.top_k > self.max_top_k {
+            return bad("top_k must be in 1..=max_top_k");
+        }
+        if !(self.answer_share > 0.0 && self.answer_share < 1.0) {
+            return bad("answer_share must be in (0, 1)");
         }
         if self.max_new_tokens == 0 || self.max_new_tokens > self.max_new_tokens_limit {
             return bad("max_new_tokens must be in 1..=max_new_tokens_limit");
@@ -135,6 +147,12 @@ pub struct AskRequest {
 
 /// Longest question accepted, in bytes.
 pub const MAX_QUESTION_BYTES: usize = 4096;
+/// Most stop strings a question may give.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Highest sampling temperature accepted.
+pub const MAX_TEMPERATURE: f32 = 100.0;
 
 impl AskRequest {
     /// Checks what can be checked without the stream.
@@ -149,8 +167,10 @@ impl AskRequest {
                 self.question.len()
             ));
         }
-        if self.top_k == Some(0) {
-            return bad("top_k must be at least 1".into());
+        if let Some(k) = self.top_k {
+            if k == 0 || k > config.max_top_k {
+                return bad(format!("top_k must be in 1..={}", config.max_top_k));
+            }
         }
         if let Some(n) = self.max_new_tokens {
             if n == 0 || n > config.max_new_tokens_limit {
@@ -161,8 +181,8 @@ impl AskRequest {
             }
         }
         let s = &self.sampling;
-        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return bad("temperature must be finite and ≥ 0".into());
+        if !(s.temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&s.temperature)) {
+            return bad(format!("temperature must be in [0, {MAX_TEMPERATURE}]"));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return bad("top_p must be in (0, 1]".into());
@@ -170,8 +190,15 @@ impl AskRequest {
         if self.range.is_inverted(std::time::SystemTime::now()) {
             return bad("the time range ends before it starts".into());
         }
-        if self.stop.iter().any(String::is_empty) {
-            return bad("an empty stop string".into());
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return bad(format!("at most {MAX_STOP_STRINGS} stop strings"));
+        }
+        if self
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return bad(format!("stop strings must be 1..={MAX_STOP_BYTES} bytes"));
         }
         Ok(())
     }

@@ -148,7 +148,7 @@ impl StreamCtx {
     ) -> EngineResult<Vec<Appended>> {
         let (n, tpf, hidden) = embeds.size3()?;
         if n as usize != stamps.len() || n == 0 {
-            return Err(EngineError::InvalidRequest(format!(
+            return Err(EngineError::Internal(format!(
                 "{n} frame embeddings for {} stamps",
                 stamps.len()
             )));
@@ -169,7 +169,7 @@ impl StreamCtx {
         )?;
         let kv = out
             .kv
-            .ok_or_else(|| EngineError::InvalidRequest("prefill returned no KV".into()))?;
+            .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))?;
         let mut appended = Vec::with_capacity(stamps.len());
         for (i, stamp) in stamps.iter().enumerate() {
             let frame_kv = kv.narrow(i as i64 * tpf, tpf)?;
@@ -214,5 +214,5 @@ fn encode_sinks(model: &LlavaOnevision, layout: &PromptLayout) -> EngineResult<K
     };
     let out = dec.forward(&dec.embed(&ids)?, &positions(0, s, device)?, &mut ctx, opts)?;
     out.kv
-        .ok_or_else(|| EngineError::InvalidRequest("prefill returned no KV".into()))
+        .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))
 }
