@@ -17,6 +17,14 @@ use super::{Config, IngestSection, StoreSection};
 
 /// Highest sampling rate a stream may ask for.
 pub const MAX_SAMPLE_FPS: f64 = 30.0;
+/// Longest source URI, in bytes.
+pub const MAX_URI_BYTES: usize = 2048;
+/// Largest disk tier of one stream: 1 PiB, in MiB (byte counts stay far from u64's end).
+pub const MAX_DISK_MIB: u64 = 1 << 30;
+/// Largest RAM tier of one stream: 1 TiB, in MiB.
+pub const MAX_RAM_BUDGET_MIB: f64 = (1u64 << 20) as f64;
+/// Longest retention by age: 100 years, in seconds.
+pub const MAX_AGE_SECONDS: u64 = 3_155_760_000;
 
 /// Name of the API-created stream list in the state directory.
 pub const API_STREAMS_FILE: &str = "streams.json";
@@ -79,7 +87,18 @@ impl StreamEntry {
     /// Checks the entry alone; an error is `(field, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         validate_stream_id(&self.id).map_err(|e| ("id", e.to_string()))?;
-        self.source(None).map_err(|e| ("uri", e))?;
+        if self.uri.len() > MAX_URI_BYTES {
+            return Err((
+                "uri",
+                format!("{} bytes, at most {MAX_URI_BYTES}", self.uri.len()),
+            ));
+        }
+        // A URI goes into logs and status: no line breaks or other control characters.
+        if self.uri.chars().any(char::is_control) {
+            return Err(("uri", "holds control characters".into()));
+        }
+        let source = self.source(None).map_err(|e| ("uri", e))?;
+        crate::ingest::check_source(&source).map_err(|e| ("uri", e.to_string()))?;
         if let Some(fps) = self.sample_fps {
             if !(fps > 0.0 && fps <= MAX_SAMPLE_FPS) {
                 return Err(("sample_fps", format!("must be in (0, {MAX_SAMPLE_FPS}]")));
@@ -98,12 +117,14 @@ impl StreamEntry {
         if let Some(v) = self.ram_budget_mib {
             super::check_ram_budget_mib(v).map_err(|m| ("ram_budget_mib", m))?;
         }
-        for (field, v) in [
-            ("disk_max_mib", self.disk_max_mib),
-            ("max_age_seconds", self.max_age_seconds),
+        for (field, v, max) in [
+            ("disk_max_mib", self.disk_max_mib, MAX_DISK_MIB),
+            ("max_age_seconds", self.max_age_seconds, MAX_AGE_SECONDS),
         ] {
-            if v == Some(0) {
-                return Err((field, "must be at least 1".into()));
+            if let Some(v) = v {
+                if !(1..=max).contains(&v) {
+                    return Err((field, format!("must be in 1..={max}")));
+                }
             }
         }
         Ok(())
@@ -269,9 +290,21 @@ mod tests {
         let mut e = ok.clone();
         e.uri = "ftp://x/y".into();
         assert_eq!(e.validate().unwrap_err().0, "uri");
-        let mut e = ok;
+        let mut e = ok.clone();
         e.id = "a/b".into();
         assert_eq!(e.validate().unwrap_err().0, "id");
+        for uri in [
+            "test://nosuchpattern".to_owned(),
+            format!("/videos/{}", "x".repeat(MAX_URI_BYTES)),
+            "/videos/a.mp4\nINFO forged log line".to_owned(),
+        ] {
+            let mut e = ok.clone();
+            e.uri = uri;
+            assert_eq!(e.validate().unwrap_err().0, "uri", "{}", e.uri);
+        }
+        let mut e = ok;
+        e.disk_max_mib = Some(MAX_DISK_MIB + 1);
+        assert_eq!(e.validate().unwrap_err().0, "disk_max_mib");
     }
 
     #[test]

@@ -146,7 +146,20 @@ impl StreamConfig {
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return bad("backoff: initial must be > 0 and ≤ max".into());
         }
-        Ok(())
+        check_source(&self.source)
+    }
+}
+
+/// Checks what can be checked of `source` before any pipeline runs: a test pattern
+/// must be one the installed `videotestsrc` knows (a bad one would only fail once the
+/// pipeline is built, leaving the stream connecting).
+pub fn check_source(source: &Source) -> Result<(), IngestError> {
+    match source {
+        Source::Test { pattern } => {
+            init()?;
+            pipeline::test_source(pattern).map(drop)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -277,6 +290,9 @@ pub struct StreamStatus {
     pub reconnects: u64,
     /// Pipeline sessions started (1 + successful or failed reconnections).
     pub sessions: u64,
+    /// Frames per second delivered once caps are negotiated: `sample_fps`, or the
+    /// source's own rate where that is lower (sampling never invents frames).
+    pub delivered_fps: Option<f64>,
     pub last_error: Option<IngestError>,
 }
 
@@ -395,6 +411,7 @@ pub fn spawn(config: StreamConfig) -> Result<StreamHandle, IngestError> {
             frames_dropped: 0,
             reconnects: 0,
             sessions: 0,
+            delivered_fps: None,
             last_error: None,
         }),
         changed: Condvar::new(),
@@ -420,7 +437,26 @@ fn supervise(config: StreamConfig, tx: queue::QueueSender<Frame>, shared: Arc<Sh
     shared.set_state(StreamState::Connecting);
     loop {
         shared.update(|s| s.sessions += 1);
-        let outcome = pipeline::run_session(&config, &tx, &shared, &mut clock);
+        let session = std::panic::AssertUnwindSafe(|| {
+            pipeline::run_session(&config, &tx, &shared, &mut clock)
+        });
+        let outcome = match std::panic::catch_unwind(session) {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                // A bug, not the source's fault: say so, and do not retry into it.
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("panic");
+                tracing::error!(stream = %shared.id, msg, "caught a panic in the ingest session");
+                names::internal_error("ingest", "session");
+                let err = IngestError::Pipeline(format!("internal error: {msg}"));
+                shared.record_error(&err);
+                shared.set_state(StreamState::Failed(err));
+                return;
+            }
+        };
         if outcome.frames > 0 {
             attempt = 0;
         }
@@ -459,5 +495,21 @@ fn supervise(config: StreamConfig, tx: queue::QueueSender<Frame>, shared: Arc<Sh
             std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
         }
         shared.set_state(StreamState::Connecting);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_test_patterns_are_refused_before_any_pipeline() {
+        let bad = Source::parse("test://nosuchpattern", RtspTransport::Tcp, None).unwrap();
+        assert!(matches!(
+            check_source(&bad),
+            Err(IngestError::InvalidUri(_))
+        ));
+        let good = Source::parse("test://ball", RtspTransport::Tcp, None).unwrap();
+        check_source(&good).unwrap();
     }
 }

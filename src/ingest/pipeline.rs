@@ -64,9 +64,46 @@ fn err(e: impl std::fmt::Display) -> IngestError {
 }
 
 fn make(factory: &str) -> Result<gst::Element, IngestError> {
-    gst::ElementFactory::make(factory).build().map_err(|_| {
-        IngestError::Pipeline(format!("GStreamer element `{factory}` is not installed"))
-    })
+    make_with(factory, &[])
+}
+
+/// An element with properties set from strings (enums, flags) — an error, never a panic,
+/// when a value is not one the element takes.
+fn make_with(factory: &str, properties: &[(&str, &str)]) -> Result<gst::Element, IngestError> {
+    if gst::ElementFactory::find(factory).is_none() {
+        return Err(IngestError::Pipeline(format!(
+            "GStreamer element `{factory}` is not installed"
+        )));
+    }
+    let element = gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|e| IngestError::Pipeline(format!("creating `{factory}`: {e}")))?;
+    for (name, value) in properties {
+        // gstreamer-rs's own from-string setters panic on a bad value: parse first.
+        let bad = || {
+            IngestError::InvalidConfig(format!(
+                "{factory}: `{}` is not a value of `{name}`",
+                crate::error::excerpt(value)
+            ))
+        };
+        let pspec = element.find_property(name).ok_or_else(bad)?;
+        let parsed = gst::glib::Value::deserialize_with_pspec(value, &pspec).map_err(|_| bad())?;
+        element.set_property_from_value(name, &parsed);
+    }
+    Ok(element)
+}
+
+/// The live `videotestsrc` of `test://PATTERN`; an unknown pattern is an invalid URI.
+pub(crate) fn test_source(pattern: &str) -> Result<gst::Element, IngestError> {
+    let src = make_with("videotestsrc", &[("pattern", pattern)]).map_err(|e| match e {
+        IngestError::InvalidConfig(_) => IngestError::InvalidUri(format!(
+            "unknown test pattern `{}` (videotestsrc's, e.g. smpte, ball, snow)",
+            crate::error::excerpt(pattern)
+        )),
+        other => other,
+    })?;
+    src.set_property("is-live", true);
+    Ok(src)
 }
 
 /// The sampling and conversion chain, from `videorate` to the appsink.
@@ -84,6 +121,7 @@ fn build_chain(
         .build();
     let rate_filter = make("capsfilter")?;
     rate_filter.set_property("caps", &rate_caps);
+    slow_sources_keep_their_rate(&rate, &rate_filter, fps);
     let scale = make("videoscale")?;
     scale.set_property("add-borders", config.resize == ResizeMode::Letterbox);
     let convert = make("videoconvert")?;
@@ -112,6 +150,41 @@ fn build_chain(
     pipeline.add_many(&chain).map_err(err)?;
     gst::Element::link_many(&chain).map_err(err)?;
     Ok((rate, sink))
+}
+
+/// Sampling drops frames, never invents them: a source slower than the sampling rate
+/// (3 fps asked of a 1 fps camera) would fail to negotiate a fixed higher rate. When the
+/// decoded caps arrive at `rate`, `filter` is set to the source's own rate where that is
+/// lower; the rate delivered shows in the stream's status.
+fn slow_sources_keep_their_rate(rate: &gst::Element, filter: &gst::Element, asked: gst::Fraction) {
+    let Some(pad) = rate.static_pad("sink") else {
+        return;
+    };
+    let filter = filter.downgrade();
+    let as_f64 = |f: gst::Fraction| f64::from(f.numer()) / f64::from(f.denom().max(1));
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let gst::EventView::Caps(caps) = event.view() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let source = caps
+            .caps()
+            .structure(0)
+            .and_then(|s| s.get::<gst::Fraction>("framerate").ok());
+        let wanted = match source {
+            Some(f) if f.numer() > 0 && as_f64(f) < as_f64(asked) => f,
+            _ => asked,
+        };
+        if let Some(filter) = filter.upgrade() {
+            let caps = gst::Caps::builder("video/x-raw")
+                .field("framerate", wanted)
+                .build();
+            filter.set_property("caps", &caps);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Links a decoder's video pad to the chain's first element, ignoring audio.
@@ -154,9 +227,7 @@ fn build_source(
             src.link(head).map_err(err)?;
         }
         Source::Test { pattern } => {
-            let src = make("videotestsrc")?;
-            src.set_property("is-live", true);
-            src.set_property_from_str("pattern", pattern);
+            let src = test_source(pattern)?;
             pipeline.add(&src).map_err(err)?;
             src.link(head).map_err(err)?;
         }
@@ -185,16 +256,13 @@ fn build_source(
             transport,
             credentials,
         } => {
-            let src = make("rtspsrc")?;
+            let protocols = match transport {
+                RtspTransport::Tcp => "tcp",
+                RtspTransport::Udp => "udp",
+            };
+            let src = make_with("rtspsrc", &[("protocols", protocols)])?;
             src.set_property("location", location);
             src.set_property("latency", 200u32);
-            src.set_property_from_str(
-                "protocols",
-                match transport {
-                    RtspTransport::Tcp => "tcp",
-                    RtspTransport::Udp => "udp",
-                },
-            );
             if let Some(c) = credentials {
                 src.set_property("user-id", &c.user);
                 src.set_property("user-pw", &c.password);
@@ -486,6 +554,7 @@ pub(crate) fn run_session(
         let delivered = delivered.clone();
         let tx = tx.clone_sender();
         let pipeline_weak = pipeline.downgrade();
+        let asked_fps = config.sample_fps;
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -507,6 +576,16 @@ pub(crate) fn run_session(
                     *last_frame_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     let first = delivered.fetch_add(1, Ordering::Relaxed) == 0;
                     if first {
+                        let fps = sample
+                            .caps()
+                            .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
+                            .map(|i| i.fps())
+                            .filter(|f| f.numer() > 0)
+                            .map(|f| f64::from(f.numer()) / f64::from(f.denom().max(1)));
+                        if let Some(fps) = fps.filter(|&f| f < asked_fps * 0.999) {
+                            tracing::info!(stream = %shared.id, delivered_fps = fps, sample_fps = asked_fps, "the source is slower than the sampling rate: frames come at its own rate");
+                        }
+                        shared.update(|s| s.delivered_fps = fps);
                         shared.set_state(StreamState::Live);
                     }
                     // Counted once queued, so a status never promises a frame the

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::error::IngestError;
+use crate::error::{excerpt, IngestError};
 use crate::synth::script::Script;
 
 /// RTSP lower transport.
@@ -90,7 +90,8 @@ impl Source {
                 };
                 if host.is_empty() {
                     return Err(IngestError::InvalidUri(format!(
-                        "{scheme}:// URI without a host"
+                        "{}:// URI without a host",
+                        excerpt(scheme)
                     )));
                 }
                 let from_uri = userinfo.map(|u| {
@@ -110,7 +111,8 @@ impl Source {
                 let path = rest.strip_prefix("localhost").unwrap_or(rest);
                 if !path.starts_with('/') {
                     return Err(IngestError::InvalidUri(format!(
-                        "file URI needs an absolute path: {uri}"
+                        "file URI needs an absolute path: {}",
+                        excerpt(uri)
                     )));
                 }
                 Ok(Source::File(PathBuf::from(path)))
@@ -126,7 +128,8 @@ impl Source {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-')
                 {
                     return Err(IngestError::InvalidUri(format!(
-                        "bad test pattern `{pattern}`"
+                        "bad test pattern `{}`",
+                        excerpt(pattern)
                     )));
                 }
                 Ok(Source::Test {
@@ -134,7 +137,7 @@ impl Source {
                 })
             }
             "synth" => parse_synth(rest),
-            other => Err(IngestError::UnknownScheme(other.to_owned())),
+            other => Err(IngestError::UnknownScheme(excerpt(other))),
         }
     }
 
@@ -144,25 +147,36 @@ impl Source {
     }
 }
 
+/// Slowest and fastest pacing of a synthetic stream (0: unpaced).
+const MIN_SYNTH_SPEED: f64 = 0.001;
+const MAX_SYNTH_SPEED: f64 = 1000.0;
+
 /// `SCRIPT?seed=N&speed=X&frames=N` of a `synth://` URI.
 fn parse_synth(rest: &str) -> Result<Source, IngestError> {
     let (script, query) = rest.split_once('?').unwrap_or((rest, ""));
     let script = if script.is_empty() { "demo" } else { script };
     if !Script::NAMES.contains(&script) {
         return Err(IngestError::InvalidUri(format!(
-            "unknown synthetic script `{script}` (known: {})",
+            "unknown synthetic script `{}` (known: {})",
+            excerpt(script),
             Script::NAMES.join(", ")
         )));
     }
     let (mut seed, mut speed, mut frames) = (1u64, 1.0f64, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || IngestError::InvalidUri(format!("bad synth:// parameter `{pair}`"));
+        let bad = || {
+            IngestError::InvalidUri(format!(
+                "bad synth:// parameter `{}` (seed=N, speed=0 or 0.001..=1000, \
+                 frames=10..=10000000)",
+                excerpt(pair)
+            ))
+        };
         match key {
             "seed" => seed = value.parse().map_err(|_| bad())?,
             "speed" => {
                 speed = value.parse().map_err(|_| bad())?;
-                if !(speed.is_finite() && speed >= 0.0) {
+                if !(speed == 0.0 || (MIN_SYNTH_SPEED..=MAX_SYNTH_SPEED).contains(&speed)) {
                     return Err(bad());
                 }
             }
