@@ -156,11 +156,15 @@ pub struct EngineSection {
     pub window_frames: usize,
     pub batch_frames: usize,
     pub top_k: usize,
+    /// The most frames a question may ask for (`top_k`, a summary's `frames`).
+    pub max_top_k: usize,
     /// Unset: ReKV per-layer retrieval; N: every layer takes layer N's top-k.
     pub shared_retrieval_layer: Option<usize>,
     pub max_new_tokens: usize,
     pub max_new_tokens_limit: usize,
     pub retention_interval_seconds: u64,
+    /// The engine thread's time given to answering while frames wait, in (0, 1).
+    pub answer_share: f64,
 }
 
 impl Default for EngineSection {
@@ -170,10 +174,12 @@ impl Default for EngineSection {
             window_frames: d.window_frames,
             batch_frames: d.batch_frames,
             top_k: d.top_k,
+            max_top_k: d.max_top_k,
             shared_retrieval_layer: None,
             max_new_tokens: d.max_new_tokens,
             max_new_tokens_limit: d.max_new_tokens_limit,
             retention_interval_seconds: d.retention_interval.as_secs(),
+            answer_share: d.answer_share,
         }
     }
 }
@@ -204,10 +210,13 @@ pub const MIN_RAM_BUDGET_MIB: f64 = 1.0 / 64.0;
 
 /// Checks a RAM tier size in MiB (store default or a stream's own).
 pub fn check_ram_budget_mib(mib: f64) -> Result<(), String> {
-    if mib.is_finite() && mib >= MIN_RAM_BUDGET_MIB {
+    if mib.is_finite() && (MIN_RAM_BUDGET_MIB..=streams::MAX_RAM_BUDGET_MIB).contains(&mib) {
         Ok(())
     } else {
-        Err(format!("must be at least {MIN_RAM_BUDGET_MIB} (16 KiB)"))
+        Err(format!(
+            "must be in [{MIN_RAM_BUDGET_MIB}, {}] (16 KiB to 1 TiB)",
+            streams::MAX_RAM_BUDGET_MIB
+        ))
     }
 }
 
@@ -383,11 +392,17 @@ impl Config {
         if s.max_message_bytes < 4096 {
             return Err(invalid("server.max_message_bytes", "must be at least 4096"));
         }
-        if !(s.max_request_seconds.is_finite() && s.max_request_seconds > 0.0) {
-            return Err(invalid("server.max_request_seconds", "must be > 0"));
+        if !(s.max_request_seconds > 0.0 && s.max_request_seconds <= 604_800.0) {
+            return Err(invalid(
+                "server.max_request_seconds",
+                "must be in (0, 604800] (a week)",
+            ));
         }
-        if !(s.shutdown_grace_seconds.is_finite() && s.shutdown_grace_seconds >= 0.0) {
-            return Err(invalid("server.shutdown_grace_seconds", "must be ≥ 0"));
+        if !(0.0..=3600.0).contains(&s.shutdown_grace_seconds) {
+            return Err(invalid(
+                "server.shutdown_grace_seconds",
+                "must be in [0, 3600]",
+            ));
         }
         if self.metrics.enabled {
             parse_addr("metrics.listen", &self.metrics.listen)?;
@@ -398,14 +413,30 @@ impl Config {
             .map_err(|e| invalid("engine", e.to_string()))?;
         let st = &self.store;
         check_ram_budget_mib(st.ram_budget_mib).map_err(|m| invalid("store.ram_budget_mib", m))?;
-        if st.rep_key_budget_mib == 0 {
-            return Err(invalid("store.rep_key_budget_mib", "must be at least 1"));
-        }
-        if st.disk && (st.disk_max_mib == 0 || st.segment_mib == 0) {
+        if !(1..=streams::MAX_DISK_MIB).contains(&st.rep_key_budget_mib) {
             return Err(invalid(
-                "store.disk_max_mib",
-                "disk_max_mib and segment_mib must be at least 1",
+                "store.rep_key_budget_mib",
+                format!("must be in 1..={}", streams::MAX_DISK_MIB),
             ));
+        }
+        for (key, value) in [
+            ("store.disk_max_mib", st.disk_max_mib),
+            ("store.segment_mib", st.segment_mib),
+        ] {
+            if st.disk && !(1..=streams::MAX_DISK_MIB).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be in 1..={}", streams::MAX_DISK_MIB),
+                ));
+            }
+        }
+        if let Some(age) = st.max_age_seconds {
+            if !(1..=streams::MAX_AGE_SECONDS).contains(&age) {
+                return Err(invalid(
+                    "store.max_age_seconds",
+                    format!("must be in 1..={}", streams::MAX_AGE_SECONDS),
+                ));
+            }
         }
         if let Some(t) = st.dedup_threshold {
             if !(t > 0.0 && t <= 1.0) {
@@ -473,6 +504,8 @@ impl Config {
         config.window_frames = e.window_frames;
         config.batch_frames = e.batch_frames;
         config.top_k = e.top_k;
+        config.max_top_k = e.max_top_k;
+        config.answer_share = e.answer_share;
         config.layer_selection = e
             .shared_retrieval_layer
             .map_or(LayerSelection::PerLayer, LayerSelection::Shared);

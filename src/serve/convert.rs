@@ -1,17 +1,19 @@
-//! Between the wire and the engine: proto messages → engine requests (validated, with
-//! INVALID_ARGUMENT naming the field), engine results → proto messages, engine errors
-//! → gRPC status codes.
+//! Between the wire and the engine: proto messages → engine requests (validated against
+//! [`super::bounds`], with INVALID_ARGUMENT naming the field and its bound), engine
+//! results → proto messages, engine errors → gRPC status codes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Status;
 
+use super::bounds::{self, AskBounds, MAX_DISK_BYTES, MAX_WALL_UNIX_MS};
 use super::proto as pb;
+use crate::config::streams::MAX_AGE_SECONDS;
 use crate::config::{RtspTransportName, StreamEntry};
 use crate::engine::{
     Answer, AskMode, AskRequest, BlockSource, Citation, Figures, FinishReason, Sampling, StreamInfo,
 };
-use crate::error::{EngineError, IngestError};
+use crate::error::{excerpt, EngineError, IngestError};
 use crate::kv::Quant;
 use crate::metrics as names;
 use crate::retrieval::{TimePoint, TimeRange};
@@ -22,10 +24,12 @@ pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
 }
 
-/// The status an engine error answers with.
+/// The status an engine error answers with. Internal errors (the daemon's fault) are
+/// INTERNAL, never a client rejection; they were logged and counted by the engine.
 pub fn status(e: &EngineError) -> Status {
     let message = e.to_string();
     match e {
+        EngineError::Internal(_) => Status::internal(message),
         EngineError::UnknownStream(_) => Status::not_found(message),
         EngineError::StreamExists(_) => Status::already_exists(message),
         EngineError::InvalidRequest(_) => invalid(message),
@@ -47,33 +51,28 @@ pub fn status(e: &EngineError) -> Status {
 
 fn time_point(p: &pb::TimePoint, field: &str) -> Result<Option<TimePoint>, Status> {
     use pb::time_point::Point;
-    let finite = |v: f64| v.is_finite() && v >= 0.0;
     Ok(match p.point {
         None => None,
         Some(Point::WallUnixMs(ms)) => {
-            if ms < 0 {
-                return Err(invalid(format!("{field}.wall_unix_ms must be ≥ 0")));
+            if !(0..=MAX_WALL_UNIX_MS).contains(&ms) {
+                return Err(invalid(format!(
+                    "{field}.wall_unix_ms must be in [0, {MAX_WALL_UNIX_MS}]"
+                )));
             }
             Some(TimePoint::Wall(
-                UNIX_EPOCH + Duration::from_millis(ms as u64),
+                UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs()),
             ))
         }
-        Some(Point::StreamSeconds(s)) => {
-            if !finite(s) {
-                return Err(invalid(format!(
-                    "{field}.stream_seconds must be finite and ≥ 0"
-                )));
-            }
-            Some(TimePoint::Stream(Duration::from_secs_f64(s)))
-        }
-        Some(Point::AgoSeconds(s)) => {
-            if !(finite(s) && s > 0.0) {
-                return Err(invalid(format!(
-                    "{field}.ago_seconds must be finite and > 0"
-                )));
-            }
-            Some(TimePoint::Ago(Duration::from_secs_f64(s)))
-        }
+        Some(Point::StreamSeconds(s)) => Some(TimePoint::Stream(bounds::seconds(
+            s,
+            &format!("{field}.stream_seconds"),
+            false,
+        )?)),
+        Some(Point::AgoSeconds(s)) => Some(TimePoint::Ago(bounds::seconds(
+            s,
+            &format!("{field}.ago_seconds"),
+            true,
+        )?)),
     })
 }
 
@@ -104,27 +103,26 @@ pub fn time_range(r: Option<&pb::TimeRange>) -> Result<TimeRange, Status> {
 
 /// Checks a question against the server's limit.
 pub fn question(text: &str, max_bytes: usize) -> Result<String, Status> {
-    if text.trim().is_empty() {
-        return Err(invalid("question is empty"));
-    }
     if text.len() > max_bytes {
         return Err(invalid(format!(
             "question is {} bytes, the limit is {max_bytes}",
             text.len()
         )));
     }
+    if text.trim().is_empty() {
+        return Err(invalid("question is empty"));
+    }
     Ok(text.to_owned())
 }
 
-fn nonzero(v: u32) -> Option<usize> {
-    (v > 0).then_some(v as usize)
+fn max_new_tokens(value: u32, bounds: &AskBounds) -> Result<Option<usize>, Status> {
+    bounds::count(value, "max_new_tokens", bounds.max_new_tokens)
 }
 
 /// An Ask → the engine's request.
-pub fn ask_request(req: &pb::AskRequest, max_question_bytes: usize) -> Result<AskRequest, Status> {
-    if req.stream.is_empty() {
-        return Err(invalid("stream is empty"));
-    }
+pub fn ask_request(req: &pb::AskRequest, limits: &AskBounds) -> Result<AskRequest, Status> {
+    use crate::engine::config::{MAX_STOP_BYTES, MAX_STOP_STRINGS, MAX_TEMPERATURE};
+    bounds::stream_id(&req.stream, "stream")?;
     let o = req.options.clone().unwrap_or_default();
     let mode = match pb::AskMode::try_from(o.mode) {
         Ok(pb::AskMode::Unspecified | pb::AskMode::Retrieve) => AskMode::Retrieve,
@@ -132,25 +130,39 @@ pub fn ask_request(req: &pb::AskRequest, max_question_bytes: usize) -> Result<As
         Ok(pb::AskMode::Uniform) => AskMode::Uniform,
         Err(_) => return Err(invalid(format!("options.mode {} is unknown", o.mode))),
     };
-    if !(o.temperature.is_finite() && o.temperature >= 0.0) {
-        return Err(invalid("options.temperature must be finite and ≥ 0"));
+    if !(o.temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&o.temperature)) {
+        return Err(invalid(format!(
+            "options.temperature must be in [0, {MAX_TEMPERATURE}]"
+        )));
     }
     if !(o.top_p.is_finite() && (0.0..=1.0).contains(&o.top_p)) {
         return Err(invalid("options.top_p must be in (0, 1] (0: 1)"));
     }
-    if o.stop.iter().any(String::is_empty) {
-        return Err(invalid("options.stop holds an empty string"));
+    if o.stop.len() > MAX_STOP_STRINGS {
+        return Err(invalid(format!(
+            "options.stop holds {} strings, at most {MAX_STOP_STRINGS}",
+            o.stop.len()
+        )));
+    }
+    if o.stop
+        .iter()
+        .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    {
+        return Err(invalid(format!(
+            "options.stop strings must be 1..={MAX_STOP_BYTES} bytes"
+        )));
     }
     Ok(AskRequest {
         stream: req.stream.clone(),
-        question: question(&req.question, max_question_bytes)?,
+        question: question(&req.question, limits.max_question_bytes)?,
         mode,
         range: time_range(req.range.as_ref())?,
-        top_k: nonzero(o.top_k),
+        top_k: bounds::count(o.top_k, "options.top_k", limits.max_top_k)?,
         // The daemon's `[engine] shared_retrieval_layer` decides.
         layer_selection: None,
+        // More than the window holds means the whole window (documented clamp).
         recent_frames: o.recent_frames.map(|n| n as usize),
-        max_new_tokens: nonzero(o.max_new_tokens),
+        max_new_tokens: max_new_tokens(o.max_new_tokens, limits)?,
         sampling: Sampling {
             temperature: o.temperature,
             top_p: if o.top_p == 0.0 { 1.0 } else { o.top_p },
@@ -166,11 +178,9 @@ pub const SUMMARY_INSTRUCTION: &str = "Describe what happens in this video.";
 /// A Summarize → the engine's request (uniform frames over the range, no window).
 pub fn summarize_request(
     req: &pb::SummarizeRequest,
-    max_question_bytes: usize,
+    limits: &AskBounds,
 ) -> Result<AskRequest, Status> {
-    if req.stream.is_empty() {
-        return Err(invalid("stream is empty"));
-    }
+    bounds::stream_id(&req.stream, "stream")?;
     let instruction = if req.instruction.is_empty() {
         SUMMARY_INSTRUCTION
     } else {
@@ -178,12 +188,12 @@ pub fn summarize_request(
     };
     Ok(AskRequest {
         stream: req.stream.clone(),
-        question: question(instruction, max_question_bytes)?,
+        question: question(instruction, limits.max_question_bytes)?,
         mode: AskMode::Uniform,
         range: time_range(req.range.as_ref())?,
-        top_k: nonzero(req.frames),
+        top_k: bounds::count(req.frames, "frames", limits.max_top_k)?,
         recent_frames: None,
-        max_new_tokens: nonzero(req.max_new_tokens),
+        max_new_tokens: max_new_tokens(req.max_new_tokens, limits)?,
         ..Default::default()
     })
 }
@@ -200,6 +210,16 @@ pub fn stream_entry(spec: Option<&pb::StreamSpec>) -> Result<StreamEntry, Status
         entry.height = Some(spec.height);
     }
     if let Some(r) = &spec.retention {
+        if r.max_disk_bytes > MAX_DISK_BYTES {
+            return Err(invalid(format!(
+                "stream.retention.max_disk_bytes must be at most {MAX_DISK_BYTES} (0: default)"
+            )));
+        }
+        if r.max_age_seconds > MAX_AGE_SECONDS {
+            return Err(invalid(format!(
+                "stream.retention.max_age_seconds must be at most {MAX_AGE_SECONDS} (0: default)"
+            )));
+        }
         entry.disk_max_mib = (r.max_disk_bytes > 0).then(|| r.max_disk_bytes.div_ceil(1 << 20));
         entry.max_age_seconds = (r.max_age_seconds > 0).then_some(r.max_age_seconds);
     }
@@ -209,7 +229,8 @@ pub fn stream_entry(spec: Option<&pb::StreamSpec>) -> Result<StreamEntry, Status
             "udp" => RtspTransportName::Udp,
             other => {
                 return Err(invalid(format!(
-                    "stream.options.rtsp_transport `{other}` (tcp, udp)"
+                    "stream.options.rtsp_transport `{}` (tcp, udp)",
+                    excerpt(other)
                 )))
             }
         };
@@ -219,7 +240,7 @@ pub fn stream_entry(spec: Option<&pb::StreamSpec>) -> Result<StreamEntry, Status
                     .map_err(|_| {
                         invalid(format!(
                             "stream.options.quant `{}` (f32, f16, bf16, int8, int4)",
-                            o.quant
+                            excerpt(&o.quant)
                         ))
                     })?,
             );
@@ -242,7 +263,7 @@ pub fn stream_spec(entry: &StreamEntry) -> pb::StreamSpec {
         width: entry.width.unwrap_or(0),
         height: entry.height.unwrap_or(0),
         retention: Some(pb::Retention {
-            max_disk_bytes: entry.disk_max_mib.map_or(0, |m| m << 20),
+            max_disk_bytes: entry.disk_max_mib.map_or(0, |m| m.saturating_mul(1 << 20)),
             max_age_seconds: entry.max_age_seconds.unwrap_or(0),
         }),
         options: Some(pb::StreamOptions {
@@ -290,6 +311,7 @@ pub fn stream_status(info: &StreamInfo) -> pb::StreamStatus {
         ram_only: info.ram_only,
         last_error: info.last_error.clone().unwrap_or_default(),
         input_ended: info.input_ended,
+        delivered_fps: info.delivered_fps.unwrap_or(0.0),
     }
 }
 
@@ -354,10 +376,14 @@ mod tests {
     #[test]
     fn bad_questions_are_invalid_argument() {
         for q in ["", "   ", &"x".repeat(101)] {
-            let e = ask_request(&ask(q), 100).unwrap_err();
+            let limits = AskBounds {
+                max_question_bytes: 100,
+                ..Default::default()
+            };
+            let e = ask_request(&ask(q), &limits).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{q:?}");
         }
-        let r = ask_request(&ask("what?"), 100).unwrap();
+        let r = ask_request(&ask("what?"), &AskBounds::default()).unwrap();
         assert_eq!(r.mode, AskMode::Retrieve);
         assert_eq!(r.sampling.top_p, 1.0);
     }
@@ -389,6 +415,93 @@ mod tests {
         assert_eq!(
             time_range(Some(&ok)).unwrap().since,
             Some(TimePoint::Ago(Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn huge_numbers_are_refused_not_panicking() {
+        use pb::time_point::Point;
+        let point = |p| pb::TimePoint { point: Some(p) };
+        for p in [
+            Point::StreamSeconds(1e30),
+            Point::StreamSeconds(1e300),
+            Point::AgoSeconds(1e30),
+            Point::WallUnixMs(i64::MAX),
+            Point::WallUnixMs(-1),
+        ] {
+            let r = pb::TimeRange {
+                since: Some(point(p)),
+                until: None,
+            };
+            assert_eq!(
+                time_range(Some(&r)).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{p:?}"
+            );
+        }
+        let limits = AskBounds::default();
+        let with = |o: pb::AskOptions| pb::AskRequest {
+            options: Some(o),
+            ..ask("what?")
+        };
+        for o in [
+            pb::AskOptions {
+                top_k: 4_000_000_000,
+                ..Default::default()
+            },
+            pb::AskOptions {
+                top_k: u32::MAX,
+                ..Default::default()
+            },
+            pb::AskOptions {
+                max_new_tokens: 4_000_000_000,
+                ..Default::default()
+            },
+            pb::AskOptions {
+                temperature: 1e30,
+                ..Default::default()
+            },
+            pb::AskOptions {
+                stop: vec!["x".repeat(100_000)],
+                ..Default::default()
+            },
+            pb::AskOptions {
+                stop: vec!["x".into(); 1000],
+                ..Default::default()
+            },
+        ] {
+            let e = ask_request(&with(o.clone()), &limits).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{o:?}");
+        }
+        let summary = pb::SummarizeRequest {
+            stream: "cam".into(),
+            frames: 4_000_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            summarize_request(&summary, &limits).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let spec = |max_disk_bytes, max_age_seconds| pb::StreamSpec {
+            id: "x".into(),
+            uri: "test://ball".into(),
+            retention: Some(pb::Retention {
+                max_disk_bytes,
+                max_age_seconds,
+            }),
+            ..Default::default()
+        };
+        for bad in [spec(u64::MAX, 0), spec(0, u64::MAX)] {
+            assert_eq!(
+                stream_entry(Some(&bad)).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+        // The largest accepted size round trips without overflow.
+        let entry = stream_entry(Some(&spec(MAX_DISK_BYTES, 1))).unwrap();
+        assert_eq!(
+            stream_spec(&entry).retention.unwrap().max_disk_bytes,
+            MAX_DISK_BYTES
         );
     }
 

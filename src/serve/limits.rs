@@ -103,10 +103,13 @@ pub fn deadline(metadata: &MetadataMap, max: Duration) -> Result<Duration, Statu
     };
     let text = value
         .to_str()
-        .map_err(|_| Status::invalid_argument("grpc-timeout is not ASCII"))?;
-    parse_grpc_timeout(text)
-        .map(|d| d.min(max))
-        .ok_or_else(|| Status::invalid_argument(format!("bad grpc-timeout `{text}`")))
+        .map_err(|_| super::convert::invalid("grpc-timeout is not ASCII"))?;
+    parse_grpc_timeout(text).map(|d| d.min(max)).ok_or_else(|| {
+        super::convert::invalid(format!(
+            "bad grpc-timeout `{}`",
+            crate::error::excerpt(text)
+        ))
+    })
 }
 
 /// `grpc-timeout` per the gRPC HTTP/2 spec: up to 8 digits and a unit (H M S m u n).

@@ -15,12 +15,15 @@
 //! # Layout
 //! - [`proto`]: generated code and the descriptor set for reflection.
 //! - [`service`]: the `VideoStreams` handlers; [`watch`]: standing questions.
-//! - [`convert`]: wire ↔ engine types, errors → status codes.
+//! - [`convert`]: wire ↔ engine types, errors → status codes; [`bounds`]: the bound of
+//!   every number and string a client sends; [`codec`]: malformed bodies refused.
 //! - [`registry`]: config and API streams, persisted, reloaded.
 //! - [`auth`]: bearer tokens, client identity; [`limits`]: concurrency and deadlines.
 //! - [`telemetry`]: RPC metrics and the `/metrics` endpoint; [`systemd`]: sd_notify.
 
 pub mod auth;
+pub mod bounds;
+pub mod codec;
 pub mod convert;
 pub mod limits;
 pub mod proto;
@@ -144,7 +147,11 @@ pub async fn run(
             config.server.max_concurrent_asks_per_client,
         ),
         watches: Arc::new(Semaphore::new(config.server.max_watches)),
-        max_question_bytes: config.server.max_question_bytes,
+        ask_bounds: bounds::AskBounds {
+            max_question_bytes: config.server.max_question_bytes,
+            max_top_k: config.engine.max_top_k,
+            max_new_tokens: config.engine.max_new_tokens_limit,
+        },
         max_request: config.server.max_request(),
         stopping: stopping_rx,
         cancel_all: cancel_rx,

@@ -2,6 +2,10 @@
 //! engine. Handlers never touch tensors: they convert ([`super::convert`]), check, and
 //! forward engine events to the client's stream from a task that also watches the
 //! deadline, the client going away and the daemon stopping.
+//!
+//! Every handler runs in its own task ([`caught`]): a panic in one is an INTERNAL
+//! status for that request (logged, counted), never a reset stream. Each request's
+//! [`RpcTimer`] records the code the client receives, whichever way the handler ends.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::auth::client_of;
+use super::bounds::{self, AskBounds};
 use super::convert;
 use super::limits::{deadline, AskLimiter, AskPermit};
 use super::proto as pb;
@@ -30,7 +35,8 @@ pub struct Shared {
     pub known: KnownStreams,
     pub asks: Arc<AskLimiter>,
     pub watches: Arc<Semaphore>,
-    pub max_question_bytes: usize,
+    /// Bounds of questions (question bytes, top_k, max_new_tokens).
+    pub ask_bounds: AskBounds,
     pub max_request: Duration,
     /// True once the daemon is stopping: new requests get UNAVAILABLE.
     pub stopping: watch::Receiver<bool>,
@@ -50,7 +56,9 @@ impl Shared {
             .ok_or_else(|| Status::unavailable("the daemon is starting (model loading)"))
     }
 
+    /// A well-formed id the daemon knows.
     fn check_stream(&self, id: &str) -> Result<(), Status> {
+        bounds::stream_id(id, "stream")?;
         if self.known.contains(id) {
             Ok(())
         } else {
@@ -128,52 +136,98 @@ pub(super) async fn forward<T>(
     }
 }
 
+/// Runs a handler's work in its own task: a panic there becomes INTERNAL (logged,
+/// counted) instead of tearing down the client's stream.
+pub(super) async fn caught<T: Send + 'static>(
+    method: &'static str,
+    work: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("panic");
+            tracing::error!(method, msg, "caught a panic in a request handler");
+            crate::metrics::internal_error("serve", method);
+            Err(Status::internal(format!("internal error in {method}")))
+        }
+        Err(_) => Err(Status::unavailable("the daemon is stopping")),
+    }
+}
+
+/// An answer ready to stream: the engine has the question.
+struct Started {
+    handle: AskHandle,
+    deadline: Duration,
+    permit: AskPermit,
+}
+
 impl VideoStreamsService {
-    /// Ask and Summarize: deadline, validation (`to_ask`), readiness, stream, limits;
-    /// then the answer streams.
-    async fn answer<T>(
+    /// Ask and Summarize: deadline, validation (`to_ask`), readiness, stream, limits,
+    /// the question queued; then the answer streams. Any refusal is recorded with the
+    /// code the client gets.
+    async fn answer<T: Send + 'static>(
         &self,
         method: &'static str,
         request: Request<T>,
-        to_ask: fn(&T, usize) -> Result<AskRequest, Status>,
+        to_ask: fn(&T, &AskBounds) -> Result<AskRequest, Status>,
     ) -> Result<Response<EventStream<pb::AskEvent>>, Status> {
         let rpc = RpcTimer::start(method);
-        let prepared = (|| {
-            let deadline = deadline(request.metadata(), self.shared.max_request)?;
-            let req = to_ask(request.get_ref(), self.shared.max_question_bytes)?;
-            self.shared.engine()?;
-            self.shared.check_stream(&req.stream)?;
-            let permit = self.shared.asks.try_acquire(&client_of(&request))?;
-            Ok((req, deadline, permit))
-        })();
-        match prepared {
-            Ok((req, deadline, permit)) => {
-                self.stream_answer(method, rpc, req, deadline, permit).await
-            }
+        let shared = self.shared.clone();
+        let started = caught(method, async move {
+            let deadline = deadline(request.metadata(), shared.max_request)?;
+            let req = to_ask(request.get_ref(), &shared.ask_bounds)?;
+            let engine = shared.engine()?;
+            shared.check_stream(&req.stream)?;
+            let permit = shared.asks.try_acquire(&client_of(&request))?;
+            let handle = engine.ask(req).map_err(|e| convert::status(&e))?;
+            Ok(Started {
+                handle,
+                deadline,
+                permit,
+            })
+        })
+        .await;
+        match started {
+            Ok(started) => Ok(self.stream_answer(method, rpc, started)),
             Err(status) => rpc.unary(Err(status)),
         }
     }
 
-    /// Starts an ask (or summary) and returns its event stream.
-    async fn stream_answer(
+    /// Streams an answer's events from a task that owns the request's timer and place.
+    fn stream_answer(
         &self,
         method: &'static str,
         rpc: RpcTimer,
-        req: AskRequest,
-        deadline_in: Duration,
-        permit: AskPermit,
-    ) -> Result<Response<EventStream<pb::AskEvent>>, Status> {
-        let shared = &self.shared;
-        let engine = shared.engine()?;
-        let handle = engine.ask(req).map_err(|e| convert::status(&e))?;
-        drop(engine);
+        started: Started,
+    ) -> Response<EventStream<pb::AskEvent>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let cancel_all = shared.cancel_all.clone();
-        let deadline = Instant::now() + deadline_in;
+        let cancel_all = self.shared.cancel_all.clone();
+        let deadline = Instant::now() + started.deadline;
         tokio::spawn(async move {
-            let _permit = permit;
-            let code = match forward(handle, &tx, Some(token_event), deadline, cancel_all).await {
-                Forwarded::Answer(answer) => {
+            let _permit = started.permit;
+            let events = tx.clone();
+            let forwarded = caught(method, async move {
+                let forwarded = forward(
+                    started.handle,
+                    &events,
+                    Some(token_event),
+                    deadline,
+                    cancel_all,
+                )
+                .await;
+                Ok(match forwarded {
+                    Forwarded::Answer(answer) => Ok(answer),
+                    Forwarded::Status(status) => Err(status),
+                })
+            })
+            .await;
+            let code = match forwarded.and_then(|f| f) {
+                Ok(answer) => {
                     let event = pb::AskEvent {
                         event: Some(pb::ask_event::Event::Answer(convert::answer(&answer))),
                     };
@@ -183,16 +237,19 @@ impl VideoStreamsService {
                         Code::Cancelled
                     }
                 }
-                Forwarded::Status(status) => {
+                Err(status) => {
                     let code = status.code();
-                    let _ = tx.send(Err(status)).await;
-                    code
+                    if tx.send(Err(bounds::bounded(status))).await.is_ok() {
+                        code
+                    } else {
+                        Code::Cancelled
+                    }
                 }
             };
             tracing::debug!(method, code = ?code, "stream ended");
             rpc.finish(code);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Response::new(ReceiverStream::new(rx))
     }
 }
 
@@ -203,7 +260,13 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         request: Request<pb::CreateStreamRequest>,
     ) -> Result<Response<pb::Stream>, Status> {
         let rpc = RpcTimer::start("CreateStream");
-        rpc.unary(self.create(request.into_inner()).await)
+        let this = self.clone();
+        rpc.unary(
+            caught("CreateStream", async move {
+                this.create(request.into_inner()).await
+            })
+            .await,
+        )
     }
 
     async fn delete_stream(
@@ -211,16 +274,18 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let rpc = RpcTimer::start("DeleteStream");
-        let req = request.into_inner();
-        let result = async {
-            let engine = self.shared.engine()?;
-            let mut registry = self.shared.registry.lock().await;
+        let shared = self.shared.clone();
+        let result = caught("DeleteStream", async move {
+            let req = request.into_inner();
+            bounds::stream_id(&req.id, "id")?;
+            let engine = shared.engine()?;
+            let mut registry = shared.registry.lock().await;
             let registry = registry
                 .as_mut()
                 .ok_or_else(|| Status::unavailable("starting"))?;
             registry.delete(&engine, &req.id, req.purge).await?;
             Ok(Response::new(pb::DeleteStreamResponse {}))
-        }
+        })
         .await;
         rpc.unary(result)
     }
@@ -230,10 +295,11 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         _request: Request<pb::ListStreamsRequest>,
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
         let rpc = RpcTimer::start("ListStreams");
-        let result = async {
-            let streams = self.describe(None).await?;
+        let this = self.clone();
+        let result = caught("ListStreams", async move {
+            let streams = this.describe(None).await?;
             Ok(Response::new(pb::ListStreamsResponse { streams }))
-        }
+        })
         .await;
         rpc.unary(result)
     }
@@ -243,18 +309,17 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         request: Request<pb::GetStreamRequest>,
     ) -> Result<Response<pb::Stream>, Status> {
         let rpc = RpcTimer::start("GetStream");
-        let id = request.into_inner().id;
-        let result = async {
-            if id.is_empty() {
-                return Err(convert::invalid("id is empty"));
-            }
-            self.shared.check_stream(&id)?;
-            self.describe(Some(&id))
+        let this = self.clone();
+        let result = caught("GetStream", async move {
+            let id = request.into_inner().id;
+            bounds::stream_id(&id, "id")?;
+            this.shared.check_stream(&id)?;
+            this.describe(Some(&id))
                 .await?
                 .pop()
                 .map(Response::new)
                 .ok_or_else(|| Status::not_found(format!("unknown stream `{id}`")))
-        }
+        })
         .await;
         rpc.unary(result)
     }
@@ -285,21 +350,23 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let rpc = RpcTimer::start("Watch");
-        let prepared = (|| {
-            let deadline = deadline(request.metadata(), self.shared.max_request)?;
+        let shared = self.shared.clone();
+        let prepared = caught("Watch", async move {
+            let deadline = deadline(request.metadata(), shared.max_request)?;
             let params = super::watch::WatchParams::from_request(
                 request.get_ref(),
-                self.shared.max_question_bytes,
+                shared.ask_bounds.max_question_bytes,
             )?;
-            let engine = self.shared.engine()?;
-            self.shared.check_stream(&params.stream)?;
-            let permit = self.shared.watches.clone().try_acquire_owned().map_err(|_| {
+            let engine = shared.engine()?;
+            shared.check_stream(&params.stream)?;
+            let permit = shared.watches.clone().try_acquire_owned().map_err(|_| {
                 metrics::counter!(crate::metrics::GRPC_REJECTED, "reason" => "resource_exhausted")
                     .increment(1);
                 Status::resource_exhausted("the server's limit of open watches is reached")
             })?;
             Ok((params, deadline, permit, engine))
-        })();
+        })
+        .await;
         let (params, deadline_in, permit, engine) = match prepared {
             Ok(p) => p,
             Err(status) => return rpc.unary(Err(status)),
@@ -308,16 +375,19 @@ impl pb::video_streams_server::VideoStreams for VideoStreamsService {
         let cancel_all = self.shared.cancel_all.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let status = super::watch::run(
-                engine,
-                params,
-                &tx,
-                Instant::now() + deadline_in,
-                cancel_all,
-            )
-            .await;
+            let events = tx.clone();
+            let deadline = Instant::now() + deadline_in;
+            let status = caught("Watch", async move {
+                Ok(super::watch::run(engine, params, &events, deadline, cancel_all).await)
+            })
+            .await
+            .unwrap_or_else(|status| status);
             let code = status.code();
-            let _ = tx.send(Err(status)).await;
+            let code = if tx.send(Err(bounds::bounded(status))).await.is_ok() {
+                code
+            } else {
+                Code::Cancelled
+            };
             rpc.finish(code);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -366,5 +436,30 @@ impl VideoStreamsService {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_internal_not_a_reset() {
+        let result: Result<(), Status> =
+            caught("Test", async { panic!("a broken invariant") }).await;
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("invariant"), "no internals leak");
+        let fine = caught("Test", async { Ok::<_, Status>(7) }).await.unwrap();
+        assert_eq!(fine, 7);
+    }
+
+    #[test]
+    fn internal_engine_errors_are_internal_not_rejections() {
+        use crate::error::EngineError;
+        let s = convert::status(&EngineError::Internal("block 3 not loaded".into()));
+        assert_eq!(s.code(), Code::Internal);
+        let s = convert::status(&EngineError::InvalidRequest("top_k".into()));
+        assert_eq!(s.code(), Code::InvalidArgument);
     }
 }

@@ -56,10 +56,11 @@ impl RpcTimer {
         self.record(code);
     }
 
-    /// Records the outcome of a unary call and passes it through.
+    /// Records the outcome of a unary call (or of a streaming call refused before its
+    /// stream began) and passes it through, its message bounded.
     pub fn unary<T>(self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         self.finish(result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok));
-        result
+        result.map_err(super::bounds::bounded)
     }
 
     fn record(&mut self, code: Code) {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Status;
 
+use super::bounds::MAX_POSITIVE_BYTES;
 use super::convert;
 use super::proto as pb;
 use super::service::{forward, Forwarded};
@@ -38,9 +39,7 @@ pub struct WatchParams {
 
 impl WatchParams {
     pub fn from_request(r: &pb::WatchRequest, max_question_bytes: usize) -> Result<Self, Status> {
-        if r.stream.is_empty() {
-            return Err(convert::invalid("stream is empty"));
-        }
+        super::bounds::stream_id(&r.stream, "stream")?;
         let question = convert::question(&r.question, max_question_bytes)?;
         let interval = if r.interval_seconds == 0.0 {
             DEFAULT_INTERVAL
@@ -62,8 +61,10 @@ impl WatchParams {
         } else {
             r.positive.trim().to_lowercase()
         };
-        if positive.split_whitespace().count() != 1 {
-            return Err(convert::invalid("positive must be one word"));
+        if positive.len() > MAX_POSITIVE_BYTES || positive.split_whitespace().count() != 1 {
+            return Err(convert::invalid(format!(
+                "positive must be one word of at most {MAX_POSITIVE_BYTES} bytes"
+            )));
         }
         Ok(Self {
             stream: r.stream.clone(),
