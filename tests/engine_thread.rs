@@ -347,3 +347,94 @@ fn a_shared_retrieval_layer_beyond_the_model_is_refused_at_start() {
     let err = Engine::start(model, config).err().expect("refused");
     assert!(err.to_string().contains("shared retrieval layer"), "{err}");
 }
+
+/// Answering and encoding share the engine (issue 16): while eight answers decode
+/// (hundreds of tokens each), frames that arrive are encoded beside them, not after
+/// them, and the heartbeat keeps moving.
+#[test]
+fn answers_do_not_stall_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig {
+        quant: Quant::Int8,
+        ram_budget_bytes: 64 << 20,
+        rep_key_budget_bytes: 64 << 20,
+        dedup_threshold: None,
+        disk: None,
+    };
+    let mut config = EngineConfig::new(dir.path(), store);
+    config.batch_frames = 2;
+    let engine = Engine::start(load(NAME, Precision::F32), config).expect("engine");
+    let (tx, _) = add(&engine, "cam");
+    let first = fixture_frames("cam", 0);
+    let n = first.len() as u64;
+    for f in first {
+        tx.send(f).unwrap();
+    }
+    wait_encoded(&engine, "cam", n);
+    // Greedy answers over the recent window: a few hundred tokens each on this
+    // checkpoint (about 2,000 in all), 400 at most (a window that changed under one may
+    // keep it from its stop token).
+    let req = AskRequest {
+        stream: "cam".into(),
+        question: PROMPT.into(),
+        mode: AskMode::Recent,
+        max_new_tokens: Some(400),
+        ..Default::default()
+    };
+    let mut handles: Vec<_> = (0..8).map(|_| engine.ask(req.clone()).unwrap()).collect();
+    match handles[0].events.blocking_recv() {
+        Some(AskEvent::Token { .. }) => {}
+        other => panic!("expected a first token, got {other:?}"),
+    }
+    // Frames arrive while the answers decode.
+    let rounds = 40 / n;
+    for round in 0..rounds {
+        for f in fixture_frames("cam", n * (round + 1)) {
+            tx.send(f).unwrap();
+        }
+    }
+    let target = n * (rounds + 1);
+    let mut beats = std::collections::BTreeSet::new();
+    let mut answers = vec![None; handles.len()];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        beats.insert(engine.heartbeat_ms());
+        for (handle, answer) in handles.iter_mut().zip(answers.iter_mut()) {
+            while let Ok(event) = handle.events.try_recv() {
+                match event {
+                    AskEvent::Token { .. } => {}
+                    AskEvent::Done(a) => *answer = Some(a),
+                    AskEvent::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+        let info = engine.info(Some("cam")).wait().unwrap().remove(0);
+        if info.frames_encoded >= target {
+            break;
+        }
+        assert!(Instant::now() < deadline, "encoding stalled: {info:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let finished = answers.iter().filter(|a| a.is_some()).count();
+    assert!(
+        finished < answers.len(),
+        "every answer ended before the new frames were encoded: encoding waited for them"
+    );
+    assert!(
+        beats.len() >= 3,
+        "the heartbeat moved only {} times while answering and encoding",
+        beats.len()
+    );
+    for (handle, answer) in handles.into_iter().zip(answers) {
+        let answer = match answer {
+            Some(a) => a,
+            None => handle.wait().unwrap(),
+        };
+        assert!(
+            matches!(answer.finish, FinishReason::Stop | FinishReason::Length),
+            "{:?}",
+            answer.finish
+        );
+        assert!(answer.tokens.len() > 10, "{} tokens", answer.tokens.len());
+    }
+}

@@ -210,8 +210,8 @@ fn every_error_path_has_its_status_code() {
         );
         assert!(cancelled_asks(&d) >= before + 1.0);
 
-        // RESOURCE_EXHAUSTED: one ask per client, two in all. The engine answers one
-        // question at a time, so bob's waits behind alice's endless one.
+        // RESOURCE_EXHAUSTED: one ask per client, two in all, while alice's long answer
+        // and bob's decode side by side.
         let mut long = c
             .ask(client::ask("cam", "hi", ENDLESS))
             .await

@@ -111,6 +111,12 @@ fn python_grpcio_client_gets_the_same_answer_as_the_rust_client() {
     assert_eq!(py["health"]["vstream.v1.VideoStreams"], "SERVING");
     assert_eq!(py["streams"], serde_json::json!(["clip"]));
     assert_eq!(py["unknown_stream"], "NOT_FOUND");
+    // grpc-core reads the refusal of a 100 KB id: its message is short.
+    assert_eq!(py["huge_id"]["code"], "INVALID_ARGUMENT", "{py}");
+    assert!(
+        py["huge_id"]["message_bytes"].as_u64().unwrap() < 512,
+        "{py}"
+    );
 
     let (rust_tokens, rust_answer) = rust_answer;
     let ask = &py["ask"];

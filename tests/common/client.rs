@@ -96,7 +96,7 @@ pub async fn wait_stream(
     client: &mut Client,
     id: &str,
     timeout: Duration,
-    done: impl Fn(&pb::StreamStatus) -> bool,
+    mut done: impl FnMut(&pb::StreamStatus) -> bool,
 ) -> pb::Stream {
     let start = Instant::now();
     loop {

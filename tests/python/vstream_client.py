@@ -3,7 +3,7 @@
 Run by tests/serve_python.rs against the real daemon. It generates the vstream.v1 stubs
 with grpc_tools.protoc into a temporary folder, checks the standard health service,
 asks one question (reading the token stream to its end), asks about a stream that does
-not exist, and prints one JSON object on stdout for the Rust test to compare with its
+not exist and about one whose id is 100 KB long, and prints one JSON object on stdout for the Rust test to compare with its
 own client's answer.
 
 Usage: vstream_client.py --addr HOST:PORT --stream ID --question TEXT
@@ -90,6 +90,16 @@ def unknown_stream_code(stub, pb2) -> str:
     return "OK"
 
 
+def huge_id(stub, pb2) -> dict:
+    """GetStream with a 100 KB id: grpc-core reads the status only if its message is
+    short (the daemon never echoes unbounded input)."""
+    try:
+        stub.GetStream(pb2.GetStreamRequest(id="x" * 100_000), timeout=30)
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "message_bytes": len((e.details() or "").encode())}
+    return {"code": "OK", "message_bytes": 0}
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser()
@@ -112,6 +122,7 @@ def main():
                 "streams": sorted(s.spec.id for s in listed.streams),
                 "ask": ask(stub, pb2, args.stream, args.question, args.max_new_tokens),
                 "unknown_stream": unknown_stream_code(stub, pb2),
+                "huge_id": huge_id(stub, pb2),
             }
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
