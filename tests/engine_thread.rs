@@ -438,3 +438,36 @@ fn answers_do_not_stall_encoding() {
         assert!(answer.tokens.len() > 10, "{} tokens", answer.tokens.len());
     }
 }
+
+/// Answers decoded together (their steps batched) are the answers each gets alone.
+#[test]
+fn answers_decoded_together_equal_answers_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), Quant::F32);
+    let (tx, _) = add(&engine, "cam");
+    let first = fixture_frames("cam", 0);
+    let n = first.len() as u64;
+    for f in first {
+        tx.send(f).unwrap();
+    }
+    wait_encoded(&engine, "cam", n);
+    let req = |max_new_tokens| AskRequest {
+        stream: "cam".into(),
+        question: PROMPT.into(),
+        mode: AskMode::Recent,
+        max_new_tokens: Some(max_new_tokens),
+        ..Default::default()
+    };
+    let alone = engine.ask(req(40)).unwrap().wait().unwrap();
+    assert!(alone.tokens.len() > 10, "{:?}", alone.finish);
+    // Different lengths, so the batch shrinks as answers end.
+    let handles: Vec<_> = [40, 25, 40, 12, 33]
+        .iter()
+        .map(|&m| engine.ask(req(m)).unwrap())
+        .collect();
+    for (handle, m) in handles.into_iter().zip([40usize, 25, 40, 12, 33]) {
+        let together = handle.wait().unwrap();
+        let k = m.min(alone.tokens.len());
+        assert_eq!(together.tokens[..], alone.tokens[..k], "max_new_tokens {m}");
+    }
+}

@@ -604,3 +604,65 @@ fn push_layers_rejects_mismatched_layers() {
     ctx.push_layers(dec.rotary(), &layers_of(&a), &pos).unwrap();
     assert_eq!(ctx.len(), 3 + n);
 }
+
+/// A batched decode step (several sequences, each against its own context of its own
+/// length, at its own position) gives every sequence what its own single-token step
+/// gives, and grows every context the same way, on both fixtures.
+#[test]
+fn batched_decode_steps_equal_single_steps() {
+    let _g = tch::no_grad_guard();
+    for name in CHECKPOINTS {
+        let model = load(name, Precision::F32);
+        let dec = model.decoder();
+        let (_, embeds) = prompt_embeddings(&model, &frames(name, "frames"));
+        let t = embeds.size()[0];
+        // Three contexts of different lengths: prefixes of the prompt.
+        let lengths = [t, t - 7, t / 2];
+        let ids = [3i64, 17, 5];
+        let prefill = |len: i64| {
+            let mut ctx = AttnContext::new(dec.num_layers());
+            dec.forward(
+                &embeds.narrow(0, 0, len),
+                &positions(0, len),
+                &mut ctx,
+                APPEND,
+            )
+            .unwrap();
+            ctx
+        };
+        let tokens = dec.embed(&Tensor::from_slice(&ids)).unwrap();
+        let mut singles = Vec::new();
+        let mut single_ctxs = Vec::new();
+        for (row, &len) in lengths.iter().enumerate() {
+            let mut ctx = prefill(len);
+            let out = dec
+                .forward(
+                    &tokens.narrow(0, row as i64, 1),
+                    &positions(len, 1),
+                    &mut ctx,
+                    APPEND,
+                )
+                .unwrap();
+            singles.push(out.hidden);
+            single_ctxs.push(ctx);
+        }
+        let mut ctxs: Vec<AttnContext> = lengths.iter().map(|&len| prefill(len)).collect();
+        let mut refs: Vec<&mut AttnContext> = ctxs.iter_mut().collect();
+        let batched = dec.decode_batch(&tokens, &lengths, &mut refs).unwrap();
+        for (row, (single, ctx)) in singles.iter().zip(&single_ctxs).enumerate() {
+            let got = batched.narrow(0, row as i64, 1);
+            let diff = max_abs_diff(&got, single);
+            assert!(diff <= TOL, "{name} row {row}: {diff}");
+            assert_eq!(ctxs[row].len(), ctx.len());
+            for l in 0..dec.num_layers() {
+                let d = max_abs_diff(ctxs[row].keys(l).unwrap(), ctx.keys(l).unwrap());
+                assert!(d <= TOL, "{name} row {row} layer {l} keys: {d}");
+                let d = max_abs_diff(ctxs[row].values(l).unwrap(), ctx.values(l).unwrap());
+                assert!(d <= TOL, "{name} row {row} layer {l} values: {d}");
+            }
+        }
+        // Mismatched inputs are errors, not panics.
+        let mut one = vec![&mut ctxs[0]];
+        assert!(dec.decode_batch(&tokens, &lengths, &mut one).is_err());
+    }
+}

@@ -165,6 +165,8 @@ pub struct EngineSection {
     pub retention_interval_seconds: u64,
     /// The engine thread's time given to answering while frames wait, in (0, 1).
     pub answer_share: f64,
+    /// Most answers fed back in one (batched) decode step.
+    pub decode_batch: usize,
 }
 
 impl Default for EngineSection {
@@ -180,6 +182,7 @@ impl Default for EngineSection {
             max_new_tokens_limit: d.max_new_tokens_limit,
             retention_interval_seconds: d.retention_interval.as_secs(),
             answer_share: d.answer_share,
+            decode_batch: d.decode_batch,
         }
     }
 }
@@ -506,6 +509,7 @@ impl Config {
         config.top_k = e.top_k;
         config.max_top_k = e.max_top_k;
         config.answer_share = e.answer_share;
+        config.decode_batch = e.decode_batch;
         config.layer_selection = e
             .shared_retrieval_layer
             .map_or(LayerSelection::PerLayer, LayerSelection::Shared);

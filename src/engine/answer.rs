@@ -425,11 +425,25 @@ impl Decoding {
     pub fn step(
         &mut self,
         model: &LlavaOnevision,
-        mut on_token: impl FnMut(i64, &str) -> bool,
+        on_token: impl FnMut(i64, &str) -> bool,
     ) -> EngineResult<Step> {
+        if let Some(finish) = self.emit(model, on_token)? {
+            return Ok(Step::Done(finish));
+        }
+        step_batch(model, &mut [self])?;
+        Ok(Step::Continue)
+    }
+
+    /// Hands out the picked token through `on_token` (false: cancel); the reason when
+    /// the answer ends with it, `None` when the token must be fed back.
+    pub fn emit(
+        &mut self,
+        model: &LlavaOnevision,
+        mut on_token: impl FnMut(i64, &str) -> bool,
+    ) -> EngineResult<Option<FinishReason>> {
         let next = self.next;
         if model.stop_tokens().contains(&next) {
-            return Ok(Step::Done(FinishReason::Stop));
+            return Ok(Some(FinishReason::Stop));
         }
         self.tokens.push(next);
         let full = model.text.decode(&self.tokens, true)?;
@@ -438,7 +452,7 @@ impl Decoding {
         if !piece.ends_with('\u{FFFD}') {
             self.text = full;
             if !on_token(next, &piece) {
-                return Ok(Step::Done(FinishReason::Cancelled));
+                return Ok(Some(FinishReason::Cancelled));
             }
         }
         if self
@@ -446,30 +460,60 @@ impl Decoding {
             .iter()
             .any(|s| self.text.ends_with(s.as_str()))
         {
-            return Ok(Step::Done(FinishReason::StopString));
+            return Ok(Some(FinishReason::StopString));
         }
         if self.tokens.len() >= self.max_new_tokens {
-            return Ok(Step::Done(FinishReason::Length));
+            return Ok(Some(FinishReason::Length));
         }
-        let dec = model.decoder();
-        let device = model.device();
-        let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
-        let p = positions(self.pos, 1, device)?;
-        let out = dec.forward(
-            &dec.embed(&ids)?,
-            &p,
-            &mut self.prepared.ctx,
-            append_options(),
-        )?;
+        Ok(None)
+    }
+
+    /// Picks the next token from the final hidden state [1, hidden] of the step that
+    /// fed the emitted one back.
+    fn advance(&mut self, model: &LlavaOnevision, hidden: &Tensor) -> EngineResult<()> {
         self.pos += 1;
-        self.next = pick(&dec.logits(&out.hidden)?, self.sampling, &mut self.rng)?;
-        Ok(Step::Continue)
+        self.next = pick(
+            &model.decoder().logits(hidden)?,
+            self.sampling,
+            &mut self.rng,
+        )?;
+        Ok(())
     }
 
     /// Tokens handed out (the stop token excluded) and their text.
     pub fn into_output(self) -> (Vec<i64>, String, Prepared) {
         (self.tokens, self.text, self.prepared)
     }
+}
+
+/// One decode step for several answers at once, each having just emitted a token that
+/// must be fed back ([`Decoding::emit`] returned `None`): the decoder's linear layers
+/// run once over all of them ([`crate::model::Qwen2::decode_batch`]), attention over
+/// each one's own context. One answer alone takes the single-token path of
+/// [`crate::model::Qwen2::forward`], exactly as [`generate`] does.
+pub fn step_batch(model: &LlavaOnevision, batch: &mut [&mut Decoding]) -> EngineResult<()> {
+    let dec = model.decoder();
+    let device = model.device();
+    if let [single] = batch {
+        let ids = Tensor::from_slice(&[single.next]).f_to_device(device)?;
+        let p = positions(single.pos, 1, device)?;
+        let out = dec.forward(
+            &dec.embed(&ids)?,
+            &p,
+            &mut single.prepared.ctx,
+            append_options(),
+        )?;
+        return single.advance(model, &out.hidden);
+    }
+    let ids: Vec<i64> = batch.iter().map(|d| d.next).collect();
+    let at: Vec<i64> = batch.iter().map(|d| d.pos).collect();
+    let ids = Tensor::from_slice(&ids).f_to_device(device)?;
+    let mut ctxs: Vec<&mut AttnContext> = batch.iter_mut().map(|d| &mut d.prepared.ctx).collect();
+    let hidden = dec.decode_batch(&dec.embed(&ids)?, &at, &mut ctxs)?;
+    for (row, d) in batch.iter_mut().enumerate() {
+        d.advance(model, &hidden.f_narrow(0, row as i64, 1)?)?;
+    }
+    Ok(())
 }
 
 fn append_options() -> ForwardOptions {

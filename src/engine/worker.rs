@@ -35,7 +35,7 @@ use super::{
     unix_ms, validate_stream_id, Answer, AskEvent, EngineConfig, FinishReason, FrameInput,
     PendingAsk, Request, StreamInfo, StreamSpec,
 };
-use crate::error::{EngineError, EngineResult};
+use crate::error::{panic_message, EngineError, EngineResult};
 use crate::ingest::{self, Frame, StreamHandle};
 use crate::metrics as names;
 use crate::model::LlavaOnevision;
@@ -139,11 +139,7 @@ pub(super) struct Worker {
 /// Runs `f`, turning a panic into an internal error (the engine thread must survive).
 fn guarded<T>(what: &'static str, f: impl FnOnce() -> EngineResult<T>) -> EngineResult<T> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("panic");
+        let msg = panic_message(panic.as_ref());
         tracing::error!(what, msg, "caught a panic in the engine");
         Err(EngineError::Internal(format!("{what}: {msg}")))
     })
@@ -468,23 +464,68 @@ impl Worker {
                 break;
             }
             let started = Instant::now();
-            let i = self.next_answer % self.open.len();
-            let outcome = if self.open[i].ask.cancelled() {
-                Ok(Step::Done(FinishReason::Cancelled))
-            } else {
-                let open = &mut self.open[i];
-                guarded("decode", || step(&self.model, open))
-            };
-            match outcome {
-                Ok(Step::Continue) => self.next_answer = i + 1,
-                Ok(Step::Done(finish)) => complete(self.open.remove(i), finish),
-                Err(e) => fail(self.open.remove(i).ask, e),
-            }
+            self.decode_step();
             self.charge_answering("decode", started.elapsed(), waiting);
             self.heartbeat.beat();
             steps += 1;
         }
         metrics::gauge!(names::ENGINE_OPEN_ANSWERS).set(self.open.len() as f64);
+    }
+
+    /// One decode step of up to `decode_batch` open answers, round robin: each hands out
+    /// its token (an answer may end there), then those that go on are fed back in one
+    /// batched step ([`answer::step_batch`]).
+    fn decode_step(&mut self) {
+        let n = self.open.len();
+        let start = self.next_answer % n;
+        let take = n.min(self.config.decode_batch);
+        self.next_answer = start + take;
+        let mut chosen: Vec<usize> = (0..take).map(|k| (start + k) % n).collect();
+        chosen.sort_unstable();
+        let mut ended: Vec<(usize, EngineResult<FinishReason>)> = Vec::new();
+        let mut going: Vec<usize> = Vec::new();
+        for &i in &chosen {
+            let open = &mut self.open[i];
+            let emitted = if open.ask.cancelled() {
+                Ok(Some(FinishReason::Cancelled))
+            } else {
+                guarded("decode", || emit(&self.model, open))
+            };
+            match emitted {
+                Ok(Some(finish)) => ended.push((i, Ok(finish))),
+                Ok(None) => going.push(i),
+                Err(e) => ended.push((i, Err(e))),
+            }
+        }
+        if !going.is_empty() {
+            let model = &self.model;
+            let mut batch: Vec<&mut Decoding> = self
+                .open
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| going.binary_search(i).is_ok())
+                .map(|(_, open)| &mut open.decoding)
+                .collect();
+            if let Err(e) = guarded("decode", || answer::step_batch(model, &mut batch)) {
+                // The step fed every one of them: none can go on.
+                let message = e.to_string();
+                let mut first = Some(e);
+                for &i in &going {
+                    let err = first.take().unwrap_or_else(|| {
+                        EngineError::Internal(format!("a batched decode step failed: {message}"))
+                    });
+                    ended.push((i, Err(err)));
+                }
+            }
+        }
+        ended.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, outcome) in ended {
+            let open = self.open.remove(i);
+            match outcome {
+                Ok(finish) => complete(open, finish),
+                Err(e) => fail(open.ask, e),
+            }
+        }
     }
 
     /// Records a stretch of answering (`kind`: a question's `first` step or a `decode`
@@ -524,10 +565,9 @@ impl Worker {
     }
 }
 
-/// One decode step of `open`, its tokens sent to the asker.
-fn step(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Step> {
-    let ask = &open.ask;
-    open.decoding.step(model, |id, text| {
+/// The token sender of `ask`: false once it is cancelled or its asker gone.
+fn sender(ask: &PendingAsk) -> impl FnMut(i64, &str) -> bool + '_ {
+    move |id, text| {
         !ask.cancelled()
             && ask
                 .events
@@ -536,7 +576,17 @@ fn step(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Step> {
                     text: text.to_owned(),
                 })
                 .is_ok()
-    })
+    }
+}
+
+/// One whole decode step of `open` alone, its token sent to the asker.
+fn step(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Step> {
+    open.decoding.step(model, sender(&open.ask))
+}
+
+/// `open` hands out its picked token to the asker ([`Decoding::emit`]).
+fn emit(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Option<FinishReason>> {
+    open.decoding.emit(model, sender(&open.ask))
 }
 
 fn finish_metrics(ask: &PendingAsk, outcome: &'static str) {

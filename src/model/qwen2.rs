@@ -306,12 +306,22 @@ impl Qwen2 {
                     values: v.f_squeeze_dim(0)?,
                 });
             }
-            let (keys, values) = match ctx.layer(i) {
-                Some(prev) => (
-                    Tensor::f_cat(&[&prev.keys, &k], 2)?,
-                    Tensor::f_cat(&[&prev.values, &v], 2)?,
-                ),
-                None => (k.shallow_clone(), v.shallow_clone()),
+            // Appending first, the grown context is what the chunk attends to: one
+            // copy of the context per layer instead of two.
+            let (keys, values) = if opts.append {
+                ctx.append_layer(i, k, v)?;
+                let grown = ctx
+                    .layer(i)
+                    .ok_or_else(|| ModelError::InvalidInput("context layer vanished".into()))?;
+                (grown.keys.shallow_clone(), grown.values.shallow_clone())
+            } else {
+                match ctx.layer(i) {
+                    Some(prev) => (
+                        Tensor::f_cat(&[&prev.keys, &k], 2)?,
+                        Tensor::f_cat(&[&prev.values, &v], 2)?,
+                    ),
+                    None => (k, v),
+                }
             };
             let out = Tensor::f_scaled_dot_product_attention(
                 &q,
@@ -323,9 +333,6 @@ impl Qwen2 {
                 None,
                 self.kv_heads != self.num_heads,
             )?;
-            if opts.append {
-                ctx.append_layer(i, k, v)?;
-            }
             x = layer.finish(&x, &out)?;
         }
         if opts.append {
@@ -343,6 +350,74 @@ impl Qwen2 {
             kv: opts.return_kv.then_some(KvSegment { layers: kv_out }),
             queries,
         })
+    }
+
+    /// One decode step of several independent sequences: token embeddings [B, hidden],
+    /// sequence b at `positions[b]` against `ctxs[b]`, which it is appended to →
+    /// final-normed hidden states [B, hidden]. The linear layers run once over the
+    /// batch — on a CPU a decode step is bound by reading the weights, so B sequences
+    /// cost little more than one — and attention runs per sequence over its own
+    /// context, whatever its length. Row b equals [`Qwen2::forward`] of that token alone
+    /// with `append` (up to float summation order in the batched matmuls).
+    pub fn decode_batch(
+        &self,
+        embeds: &Tensor,
+        positions: &[i64],
+        ctxs: &mut [&mut AttnContext],
+    ) -> ModelResult<Tensor> {
+        let b = embeds.size()[0];
+        if positions.len() as i64 != b || ctxs.len() as i64 != b {
+            return Err(ModelError::InvalidInput(format!(
+                "{b} embeddings, {} positions, {} contexts",
+                positions.len(),
+                ctxs.len()
+            )));
+        }
+        if let Some(bad) = ctxs.iter().find(|c| c.layers.len() != self.layers.len()) {
+            return Err(ModelError::InvalidInput(format!(
+                "context has {} layers, decoder {}",
+                bad.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let device = embeds.device();
+        let pos = Tensor::from_slice(positions).f_to_device(device)?;
+        // [B, head_dim]: row b rotates the batch's token b ([1, heads, B, head_dim]).
+        let (cos, sin) = self.rotary.cos_sin(&pos, embeds.kind())?;
+        let gqa = self.kv_heads != self.num_heads;
+        let mut x = embeds.f_unsqueeze(0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x)?;
+            let attn = &layer.self_attn;
+            let split =
+                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
+            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
+            let k = apply_rotary(&split(&attn.k_proj, self.kv_heads)?, &cos, &sin)?;
+            let v = split(&attn.v_proj, self.kv_heads)?;
+            let mut outs = Vec::with_capacity(ctxs.len());
+            for (row, ctx) in ctxs.iter_mut().enumerate() {
+                let row = row as i64;
+                ctx.append_layer(i, k.f_narrow(2, row, 1)?, v.f_narrow(2, row, 1)?)?;
+                let grown = ctx
+                    .layer(i)
+                    .ok_or_else(|| ModelError::InvalidInput("context layer vanished".into()))?;
+                outs.push(Tensor::f_scaled_dot_product_attention::<&Tensor>(
+                    &q.f_narrow(2, row, 1)?,
+                    &grown.keys,
+                    &grown.values,
+                    None,
+                    0.0,
+                    false,
+                    None,
+                    gqa,
+                )?);
+            }
+            x = layer.finish(&x, &Tensor::f_cat(&outs, 2)?)?;
+        }
+        for ctx in ctxs.iter_mut() {
+            ctx.grow(1);
+        }
+        self.norm.forward(&x)?.f_squeeze_dim(0).map_err(Into::into)
     }
 
     /// A batch of packed sequences with no context: `embeds` [B, T, hidden], each token's
