@@ -26,6 +26,15 @@ pub fn excerpt(text: &str) -> String {
     out
 }
 
+/// The message a caught panic carried (its `&str` or `String` payload), or "panic".
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("panic")
+}
+
 /// Errors of the model runtime (`crate::model`): loading a checkpoint and running it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

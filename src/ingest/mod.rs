@@ -444,11 +444,7 @@ fn supervise(config: StreamConfig, tx: queue::QueueSender<Frame>, shared: Arc<Sh
             Ok(outcome) => outcome,
             Err(panic) => {
                 // A bug, not the source's fault: say so, and do not retry into it.
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("panic");
+                let msg = crate::error::panic_message(panic.as_ref());
                 tracing::error!(stream = %shared.id, msg, "caught a panic in the ingest session");
                 names::internal_error("ingest", "session");
                 let err = IngestError::Pipeline(format!("internal error: {msg}"));

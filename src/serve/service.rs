@@ -146,11 +146,7 @@ pub(super) async fn caught<T: Send + 'static>(
         Ok(result) => result,
         Err(e) if e.is_panic() => {
             let payload = e.into_panic();
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("panic");
+            let msg = crate::error::panic_message(payload.as_ref());
             tracing::error!(method, msg, "caught a panic in a request handler");
             crate::metrics::internal_error("serve", method);
             Err(Status::internal(format!("internal error in {method}")))

@@ -39,7 +39,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// Pings the watchdog every half interval while `heartbeat_ms()` (Unix milliseconds of
-/// the engine loop's last turn) is younger than the interval; before the engine exists
+/// the engine's last progress: a loop turn, a decode step, a stream's prefill) is
+/// younger than the interval; before the engine exists
 /// (`heartbeat_ms` returns `None`, e.g. while the model loads) it pings unconditionally.
 pub async fn watchdog(
     interval: Duration,
@@ -62,7 +63,7 @@ pub async fn watchdog(
             notify(&[NotifyState::Watchdog]);
             warned = false;
         } else if !warned {
-            tracing::error!("the engine loop has not turned for a watchdog interval; not pinging");
+            tracing::error!("the engine has made no progress for a watchdog interval; not pinging");
             warned = true;
         }
     }
