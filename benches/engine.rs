@@ -113,8 +113,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
-use support::median;
+use support::{checkpoint, median};
 use tch::{Device, Kind, Tensor};
 use vstreamd::engine::answer;
 use vstreamd::engine::prompt::PromptLayout;
@@ -371,30 +370,6 @@ fn rss() -> Result<(u64, u64, u64)> {
         proc_status_bytes("RssAnon:")?,
         proc_status_bytes("RssFile:")?,
     ))
-}
-
-/// Bytes available to unprivileged users on the filesystem holding `path` (or its
-/// nearest existing ancestor).
-fn free_bytes(path: &Path) -> Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut at = path;
-    while !at.exists() {
-        at = at
-            .parent()
-            .ok_or_else(|| anyhow!("no existing ancestor of {}", path.display()))?;
-    }
-    let c = std::ffi::CString::new(at.as_os_str().as_bytes())?;
-    // SAFETY: `statvfs` is plain data, for which all-zero bytes are a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        bail!(
-            "statvfs {}: {}",
-            at.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Packed RGB (`h·w·3` bytes) of synthetic frame `i`:
@@ -863,317 +838,6 @@ fn fresh_end(tenth: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------
-// The LLaVA-OneVision-0.5B-shaped checkpoint, written here
-
-/// Bumped whenever what [`write_checkpoint`] writes changes.
-const CHECKPOINT_VERSION: u32 = 1;
-const SEED: i64 = 0;
-
-// Shapes of llava-onevision-qwen2-0.5b-ov (scripts/make_bench_checkpoint.py).
-const V_HIDDEN: i64 = 1152;
-const V_INTER: i64 = 4304;
-const V_LAYERS: i64 = 26;
-const V_HEADS: i64 = 16;
-const V_IMAGE: i64 = 384;
-const V_PATCH: i64 = 14;
-const T_HIDDEN: i64 = 896;
-const T_INTER: i64 = 4864;
-const T_LAYERS: i64 = 24;
-const T_HEADS: i64 = 14;
-const T_KV_HEADS: i64 = 2;
-
-#[derive(Clone, Copy)]
-enum Init {
-    /// Normal, std 0.02.
-    Normal,
-    Ones,
-    Zeros,
-}
-
-/// Every tensor of the checkpoint, in the layout `transformers` 5 saves.
-fn checkpoint_tensors(vocab: i64) -> Vec<(String, Vec<i64>, Init)> {
-    use Init::*;
-    let mut out: Vec<(String, Vec<i64>, Init)> = Vec::new();
-    let mut add = |name: String, shape: &[i64], init: Init| out.push((name, shape.to_vec(), init));
-    let linear =
-        |add: &mut dyn FnMut(String, &[i64], Init), p: &str, i: i64, o: i64, bias: bool| {
-            add(format!("{p}.weight"), &[o, i], Normal);
-            if bias {
-                add(format!("{p}.bias"), &[o], Zeros);
-            }
-        };
-    let (d, grid) = (V_HIDDEN, V_IMAGE / V_PATCH);
-    let vis = "model.vision_tower.vision_model";
-    add(
-        format!("{vis}.embeddings.patch_embedding.weight"),
-        &[d, 3, V_PATCH, V_PATCH],
-        Normal,
-    );
-    add(
-        format!("{vis}.embeddings.patch_embedding.bias"),
-        &[d],
-        Zeros,
-    );
-    add(
-        format!("{vis}.embeddings.position_embedding.weight"),
-        &[grid * grid, d],
-        Normal,
-    );
-    for l in 0..V_LAYERS {
-        let p = format!("{vis}.encoder.layers.{l}");
-        for norm in ["layer_norm1", "layer_norm2"] {
-            add(format!("{p}.{norm}.weight"), &[d], Ones);
-            add(format!("{p}.{norm}.bias"), &[d], Zeros);
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            linear(&mut add, &format!("{p}.self_attn.{proj}"), d, d, true);
-        }
-        linear(&mut add, &format!("{p}.mlp.fc1"), d, V_INTER, true);
-        linear(&mut add, &format!("{p}.mlp.fc2"), V_INTER, d, true);
-    }
-    add(format!("{vis}.post_layernorm.weight"), &[d], Ones);
-    add(format!("{vis}.post_layernorm.bias"), &[d], Zeros);
-    let h = T_HIDDEN;
-    linear(&mut add, "model.multi_modal_projector.linear_1", d, h, true);
-    linear(&mut add, "model.multi_modal_projector.linear_2", h, h, true);
-    add("model.image_newline".into(), &[h], Normal);
-    let text = "model.language_model";
-    let hd = T_HIDDEN / T_HEADS;
-    add(format!("{text}.embed_tokens.weight"), &[vocab, h], Normal);
-    for l in 0..T_LAYERS {
-        let p = format!("{text}.layers.{l}");
-        add(format!("{p}.input_layernorm.weight"), &[h], Ones);
-        add(format!("{p}.post_attention_layernorm.weight"), &[h], Ones);
-        linear(
-            &mut add,
-            &format!("{p}.self_attn.q_proj"),
-            h,
-            T_HEADS * hd,
-            true,
-        );
-        linear(
-            &mut add,
-            &format!("{p}.self_attn.k_proj"),
-            h,
-            T_KV_HEADS * hd,
-            true,
-        );
-        linear(
-            &mut add,
-            &format!("{p}.self_attn.v_proj"),
-            h,
-            T_KV_HEADS * hd,
-            true,
-        );
-        linear(
-            &mut add,
-            &format!("{p}.self_attn.o_proj"),
-            T_HEADS * hd,
-            h,
-            false,
-        );
-        linear(&mut add, &format!("{p}.mlp.gate_proj"), h, T_INTER, false);
-        linear(&mut add, &format!("{p}.mlp.up_proj"), h, T_INTER, false);
-        linear(&mut add, &format!("{p}.mlp.down_proj"), T_INTER, h, false);
-    }
-    add(format!("{text}.norm.weight"), &[h], Ones);
-    out
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// The marker a complete checkpoint carries; a checkpoint with another is rebuilt.
-fn checkpoint_marker(vocab: i64) -> serde_json::Value {
-    json!({
-        "generator": "benches/engine.rs",
-        "version": CHECKPOINT_VERSION,
-        "vocab_size": vocab,
-        "image_size": V_IMAGE,
-        "seed": SEED,
-    })
-}
-
-/// Returns the checkpoint directory, writing it first if absent or stale.
-fn ensure_checkpoint(out: &Path) -> Result<PathBuf> {
-    let tiny = repo().join("tests/fixtures/llava_ov/tiny_a");
-    let tiny_config = read_json(&tiny.join("config.json"))?;
-    let tiny_text = &tiny_config["text_config"];
-    let vocab = tiny_text["vocab_size"]
-        .as_i64()
-        .ok_or_else(|| anyhow!("tiny_a config has no text_config.vocab_size"))?;
-    let marker = checkpoint_marker(vocab);
-    let complete = out.join(".complete");
-    if complete.exists() {
-        let found = read_json(&complete)?;
-        if ["generator", "version", "vocab_size", "image_size", "seed"]
-            .iter()
-            .all(|k| found.get(k) == marker.get(k))
-        {
-            println!("  checkpoint: {} (cached)", out.display());
-            return Ok(out.to_owned());
-        }
-    }
-    let tensors = checkpoint_tensors(vocab);
-    let params: i64 = tensors
-        .iter()
-        .map(|(_, s, _)| s.iter().product::<i64>())
-        .sum();
-    let need = params as u64 * 2 + (64 << 20);
-    let free = free_bytes(out)?;
-    if free < need + (1 << 30) {
-        bail!(
-            "writing the 0.5B-shaped checkpoint needs {} and {} keeps only {} free (VSTREAMD_BENCH_BIG=0 skips this part)",
-            mib(need as f64),
-            out.display(),
-            mib(free as f64)
-        );
-    }
-    let started = Instant::now();
-    let staging = out.with_extension("partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
-    write_checkpoint(&staging, &tiny, &tiny_config, &tensors)?;
-    let mut marker = marker;
-    marker["parameters"] = json!(params);
-    write_json(&staging.join(".complete"), &marker)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)?;
-    }
-    std::fs::rename(&staging, out)?;
-    println!(
-        "  checkpoint: wrote {} ({:.0}M parameters, bf16, vocab {vocab}) in {:.0} s",
-        out.display(),
-        params as f64 / 1e6,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(out.to_owned())
-}
-
-fn write_checkpoint(
-    dir: &Path,
-    tiny: &Path,
-    tiny_config: &serde_json::Value,
-    tensors: &[(String, Vec<i64>, Init)],
-) -> Result<()> {
-    let text = &tiny_config["text_config"];
-    let config = json!({
-        "architectures": ["LlavaOnevisionForConditionalGeneration"],
-        "model_type": "llava_onevision",
-        "image_token_index": tiny_config["image_token_index"],
-        "video_token_index": tiny_config["video_token_index"],
-        "vision_feature_layer": -1,
-        "vision_feature_select_strategy": "full",
-        "projector_hidden_act": "gelu",
-        "multimodal_projector_bias": true,
-        "tie_word_embeddings": true,
-        "dtype": "bfloat16",
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": V_HIDDEN,
-            "intermediate_size": V_INTER,
-            "num_hidden_layers": V_LAYERS,
-            "num_attention_heads": V_HEADS,
-            "num_channels": 3,
-            "image_size": V_IMAGE,
-            "patch_size": V_PATCH,
-            "hidden_act": "gelu_pytorch_tanh",
-            "layer_norm_eps": 1e-6,
-            "vision_use_head": false,
-        },
-        "text_config": {
-            "model_type": "qwen2",
-            "vocab_size": text["vocab_size"],
-            "hidden_size": T_HIDDEN,
-            "intermediate_size": T_INTER,
-            "num_hidden_layers": T_LAYERS,
-            "num_attention_heads": T_HEADS,
-            "num_key_value_heads": T_KV_HEADS,
-            "hidden_act": "silu",
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "tie_word_embeddings": true,
-            "use_sliding_window": false,
-            "eos_token_id": text["eos_token_id"],
-            "pad_token_id": text["pad_token_id"],
-            "bos_token_id": null,
-        },
-    });
-    write_json(&dir.join("config.json"), &config)?;
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ] {
-        std::fs::copy(tiny.join(name), dir.join(name))
-            .with_context(|| format!("copying {name}"))?;
-    }
-    let mut processor = read_json(&tiny.join("processor_config.json"))?;
-    for section in ["image_processor", "video_processor"] {
-        processor[section]["size"] = json!({"height": V_IMAGE, "width": V_IMAGE});
-    }
-    let grid = V_IMAGE / V_PATCH;
-    processor["num_image_tokens"] = json!(grid * grid);
-    write_json(&dir.join("processor_config.json"), &processor)?;
-
-    // Shards of ~512 MB so that only one shard's tensors are held at a time.
-    const SHARD_BYTES: i64 = 512 << 20;
-    tch::manual_seed(SEED);
-    let mut weight_map = serde_json::Map::new();
-    let mut shard: Vec<(String, Tensor)> = Vec::new();
-    let mut shard_bytes = 0i64;
-    let mut shard_index = 0usize;
-    let mut total = 0i64;
-    let mut flush = |shard: &mut Vec<(String, Tensor)>, index: &mut usize| -> Result<()> {
-        if shard.is_empty() {
-            return Ok(());
-        }
-        *index += 1;
-        let file = format!("model-{index:05}.safetensors");
-        Tensor::write_safetensors(shard, dir.join(&file))
-            .with_context(|| format!("writing {file}"))?;
-        for (name, _) in shard.drain(..) {
-            weight_map.insert(name, json!(file));
-        }
-        Ok(())
-    };
-    for (name, shape, init) in tensors {
-        let opts = (Kind::Float, Device::Cpu);
-        let t = match init {
-            Init::Normal => Tensor::f_randn(shape.as_slice(), opts)?.f_mul_scalar(0.02)?,
-            Init::Ones => Tensor::f_ones(shape.as_slice(), opts)?,
-            Init::Zeros => Tensor::f_zeros(shape.as_slice(), opts)?,
-        }
-        .f_to_kind(Kind::BFloat16)?;
-        let bytes = t.numel() as i64 * 2;
-        total += bytes;
-        shard_bytes += bytes;
-        shard.push((name.clone(), t));
-        if shard_bytes >= SHARD_BYTES {
-            flush(&mut shard, &mut shard_index)?;
-            shard_bytes = 0;
-        }
-    }
-    flush(&mut shard, &mut shard_index)?;
-    write_json(
-        &dir.join("model.safetensors.index.json"),
-        &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
-    )?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------
 // The 0.5B-shaped checkpoint, library-level
 
 /// The KV shape of a model's blocks.
@@ -1411,7 +1075,10 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     println!("\n== 0.5B-shaped checkpoint (random weights, library-level) ==");
     let dir = match &s.big_model {
         Some(dir) => dir.clone(),
-        None => ensure_checkpoint(&repo().join("target/bench-checkpoints/llava_ov_0p5b_shape_rs"))?,
+        None => checkpoint::ensure(
+            &repo().join("target/bench-checkpoints/llava_ov_0p5b_shape_rs"),
+            &checkpoint::LLAVA_OV_0P5B,
+        )?,
     };
     let (f32_rate, bf16_rate) = (matmul_rate(Kind::Float)?, matmul_rate(Kind::BFloat16)?);
     let precision = s.big_dtype.unwrap_or(if bf16_rate > f32_rate {
@@ -1562,7 +1229,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let probe = CompressedBlock::compress(&synthetic_block(shape, 0, tpf)?, s.big_quant)?;
     // A record's header and checksums on top of the payload.
     let block_bytes = probe.stored_len() as u64 + 64;
-    let free = free_bytes(tmp.path())?;
+    let free = checkpoint::free_bytes(tmp.path())?;
     let allowed = s.big_disk_bytes.min(free.saturating_sub(1 << 30));
     let mut used = 0u64;
     let mut streams: Vec<(usize, StreamCtx)> = Vec::new();

@@ -438,15 +438,6 @@ fn unary<T>(result: Result<tonic::Response<T>, Status>) -> (Code, String) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ten_thousand_generated_requests_get_only_documented_codes() {
     let started = Instant::now();
@@ -486,7 +477,7 @@ fn ten_thousand_generated_requests_get_only_documented_codes() {
                     let outcome = one_request(&mut rng, &mut c, &channel).await;
                     outcomes.lock().unwrap().push(outcome);
                     if done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == WARM_UP {
-                        warm_rss.store(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                        warm_rss.store(daemon::rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }));
@@ -578,7 +569,7 @@ fn ten_thousand_generated_requests_get_only_documented_codes() {
         assert_eq!(answer.code, Some(Code::Ok), "{answer:?}");
     });
     let warm = warm_rss.load(std::sync::atomic::Ordering::Relaxed);
-    let end = rss_kib(pid);
+    let end = daemon::rss_kib(pid);
     eprintln!(
         "fuzz: RSS {} MiB after warm-up, {} MiB at the end",
         warm >> 10,

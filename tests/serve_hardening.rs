@@ -268,15 +268,8 @@ fn kv_counters_equal_ground_truth_across_a_restart() {
              uri = \"synth://needle?seed=5&frames={FRAMES}&speed=0\"\nsample_fps = 1.0\n"
         ),
     );
-    let d = daemon::Daemon::start_with(dir.path(), &config, Duration::from_secs(120));
-    client::runtime().block_on(async {
-        let mut c = client::connect(&d.grpc_url, None).await;
-        let s = client::wait_stream(&mut c, "clip", Duration::from_secs(300), |s| {
-            s.input_ended && s.frames_encoded >= FRAMES
-        })
-        .await;
-        assert_eq!(s.status.unwrap().blocks, FRAMES);
-    });
+    let (d, status) = run_to_end(dir.path(), &config);
+    assert_eq!(status.blocks, FRAMES);
     let text = d.scrape();
     let value = |name: &str| daemon::metric_value(&text, name, &[("stream", "clip")]);
     assert_eq!(
@@ -298,18 +291,10 @@ fn kv_counters_equal_ground_truth_across_a_restart() {
 
     // Damage one record's payload in the middle of the first segment.
     damage_second_record(&state.join("kv").join("clip"));
-    let d = daemon::Daemon::start_with(dir.path(), &config, Duration::from_secs(120));
-    client::runtime().block_on(async {
-        let mut c = client::connect(&d.grpc_url, None).await;
-        let s = client::wait_stream(&mut c, "clip", Duration::from_secs(300), |s| {
-            s.input_ended && s.frames_encoded >= FRAMES
-        })
-        .await;
-        // The synthetic script starts again after a restart: the recovered blocks (one
-        // fewer) plus the replayed ones.
-        let status = s.status.unwrap();
-        assert_eq!(status.blocks, 2 * FRAMES - 1, "{status:?}");
-    });
+    let (d, status) = run_to_end(dir.path(), &config);
+    // The synthetic script starts again after a restart: the recovered blocks (one
+    // fewer) plus the replayed ones.
+    assert_eq!(status.blocks, 2 * FRAMES - 1, "{status:?}");
     let text = d.scrape();
     let value = |name: &str| daemon::metric_value(&text, name, &[("stream", "clip")]);
     assert_eq!(
@@ -319,6 +304,20 @@ fn kv_counters_equal_ground_truth_across_a_restart() {
     );
     assert_eq!(value("vstreamd_kv_disk_appends_total"), Some(FRAMES as f64));
     assert_clean_log(&d);
+}
+
+/// Starts the daemon on `config` and waits for its `clip` stream to play to its end.
+fn run_to_end(dir: &Path, config: &str) -> (daemon::Daemon, pb::StreamStatus) {
+    let d = daemon::Daemon::start_with(dir, config, Duration::from_secs(120));
+    let status = client::runtime().block_on(async {
+        let mut c = client::connect(&d.grpc_url, None).await;
+        let s = client::wait_stream(&mut c, "clip", Duration::from_secs(300), |s| {
+            s.input_ended && s.frames_encoded >= FRAMES
+        })
+        .await;
+        s.status.expect("status")
+    });
+    (d, status)
 }
 
 /// Flips a payload byte of the second record of the oldest segment in `dir`.

@@ -1,7 +1,10 @@
-//! Helpers the benchmarks share: settings from environment variables, medians.
+//! Helpers the benchmarks share: settings from environment variables, medians, and
+//! random checkpoints of a given shape ([`checkpoint`]).
 
 // Each bench compiles this module on its own and uses a part of it.
 #![allow(dead_code)]
+
+pub mod checkpoint;
 
 use anyhow::Result;
 
@@ -15,6 +18,20 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
             .map_err(|_| anyhow::anyhow!("{name}={v:?} does not parse")),
         Err(_) => Ok(default),
     }
+}
+
+/// The `p` quantile (0–1) of `sorted` by nearest rank; zero when empty.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `d` in milliseconds.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Median of `values` (mean of the middle two for an even count); NaN when empty.

@@ -182,6 +182,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Resident set size of process `pid` in KiB (`VmRSS` in /proc; 0 if unreadable).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A value of `metric` (first series whose labels contain every `labels` pair) in a
 /// Prometheus text exposition.
 pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
