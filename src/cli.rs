@@ -1,10 +1,11 @@
 //! The `vstreamd` command line. `main.rs` parses nothing itself: it calls [`run`].
 //!
-//! - `vstreamd model inspect --model DIR`: JSON summary of a checkpoint.
-//! - `vstreamd model run --model DIR --frames F1.png ... --prompt TEXT`: the frames as
-//!   one video, the prompt templated as `transformers`' processor does for a user turn
-//!   holding one video then the text; prints the greedy answer, optionally dumps the
-//!   prefill logits.
+//! - `vstreamd model inspect --model DIR`: JSON summary of a checkpoint, any family.
+//! - `vstreamd model run --model DIR --frames F1.png ... --fps F --prompt TEXT`: the
+//!   frames as one video sampled at F frames per second (frame i at i/F s), the prompt
+//!   templated as the family's `transformers` processor does for a user turn holding one
+//!   video then the text; prints the greedy answer, optionally dumps the prefill logits
+//!   and input ids (the contract independent parity checks call).
 //! - `vstreamd demo [--model DIR] [--speed X]`: the daemon on the built-in synthetic
 //!   live stream with the trained model, scripted questions beside their ground truth
 //!   ([`demo`]).
@@ -28,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 use tch::{Kind, Tensor};
 
 use crate::model::preprocess::load_rgb;
-use crate::model::{LlavaOnevision, ModelOptions, Precision};
+use crate::model::{ModelOptions, Precision, VideoLlm};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -103,6 +104,10 @@ pub struct RunArgs {
     /// Frames of one video, in order (PNG or JPEG).
     #[arg(long, num_args = 1.., required = true)]
     pub frames: Vec<PathBuf>,
+    /// Frames per second the frames were sampled at: frame i has timestamp i/F and the
+    /// video lasts N/F seconds (the families that show time in the prompt use it).
+    #[arg(long, default_value_t = 1.0)]
+    pub fps: f64,
     /// The question or instruction.
     #[arg(long)]
     pub prompt: String,
@@ -135,14 +140,18 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-fn load_model(args: &ModelArgs) -> anyhow::Result<LlavaOnevision> {
+fn load_model(args: &ModelArgs) -> anyhow::Result<Box<dyn VideoLlm>> {
     let precision: Precision = args.dtype.parse()?;
     let opts = ModelOptions::parse(&args.device, precision)?;
     let start = Instant::now();
     tracing::info!(model = %args.model.display(), device = %args.device, dtype = %args.dtype, "loading model");
-    let model = LlavaOnevision::load(&args.model, opts)
+    let model = crate::model::load(&args.model, opts)
         .with_context(|| format!("loading checkpoint {}", args.model.display()))?;
-    tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
+    tracing::info!(
+        seconds = start.elapsed().as_secs_f64(),
+        family = model.family(),
+        "model loaded"
+    );
     Ok(model)
 }
 
@@ -158,15 +167,14 @@ fn run_model(args: &RunArgs) -> anyhow::Result<()> {
     if args.prompt.trim().is_empty() {
         bail!("--prompt is empty");
     }
+    if !(args.fps.is_finite() && args.fps > 0.0) {
+        bail!("--fps must be a positive number, got {}", args.fps);
+    }
     let model = load_model(&args.model)?;
     let frames = read_frames(&args.frames)?;
     let start = Instant::now();
-    let pixels = model.preprocessor.process(&frames)?;
-    let frame_embeddings = model.encode_frames(&pixels)?;
-    let ids = model.video_prompt_ids(&args.prompt, frames.size()[0])?;
-    let embeds = model.embed_with_video(&ids, &frame_embeddings)?;
-    let (tokens, logits) =
-        model.generate_greedy(&embeds, args.max_new_tokens, &model.stop_tokens())?;
+    let (ids, embeds) = model.video_prompt(&frames, args.fps, &args.prompt)?;
+    let (tokens, logits) = model.generate_greedy(&embeds, args.max_new_tokens)?;
     tracing::info!(
         frames = frames.size()[0],
         prompt_tokens = ids.len(),
@@ -174,7 +182,7 @@ fn run_model(args: &RunArgs) -> anyhow::Result<()> {
         seconds = start.elapsed().as_secs_f64(),
         "answered"
     );
-    println!("{}", model.text.decode(&tokens, true)?);
+    println!("{}", model.detokenize(&tokens)?);
     if let Some(out) = &args.dump_logits {
         let input_ids = Tensor::from_slice(&ids);
         let logits = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu);

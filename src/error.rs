@@ -78,6 +78,9 @@ pub enum ModelError {
     Image { path: PathBuf, message: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A question or prompt the model cannot take (the asker's fault, not the model's).
+    #[error("{0}")]
+    BadPrompt(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -100,6 +103,7 @@ impl ModelError {
             ModelError::Template(_) => "template",
             ModelError::Image { .. } => "image",
             ModelError::InvalidInput(_) => "invalid_input",
+            ModelError::BadPrompt(_) => "bad_prompt",
             ModelError::Torch(_) => "torch",
         }
     }

@@ -143,9 +143,13 @@ impl StreamEntry {
         redact_uri(&self.uri)
     }
 
-    /// The engine's spec for this entry, with `config`'s defaults and `model_size` as
-    /// the frame size when the entry names none.
-    pub fn to_spec(&self, config: &Config, model_size: u32) -> Result<StreamSpec, ConfigError> {
+    /// The engine's spec for this entry, with `config`'s defaults and the model's frame
+    /// size `(height, width)` when the entry names none.
+    pub fn to_spec(
+        &self,
+        config: &Config,
+        model_size: (u32, u32),
+    ) -> Result<StreamSpec, ConfigError> {
         let key = |field: &str| format!("streams.{}.{field}", self.id);
         let credentials = match &self.credentials_file {
             None => None,
@@ -163,11 +167,16 @@ impl StreamEntry {
         })
     }
 
-    fn ingest_config(&self, source: Source, d: &IngestSection, model_size: u32) -> StreamConfig {
+    fn ingest_config(
+        &self,
+        source: Source,
+        d: &IngestSection,
+        (model_h, model_w): (u32, u32),
+    ) -> StreamConfig {
         let mut ingest = StreamConfig::new(self.id.clone(), source);
         ingest.sample_fps = self.sample_fps.unwrap_or(d.sample_fps);
-        ingest.width = self.width.unwrap_or(model_size);
-        ingest.height = self.height.unwrap_or(model_size);
+        ingest.width = self.width.unwrap_or(model_w);
+        ingest.height = self.height.unwrap_or(model_h);
         ingest.queue_capacity = d.queue_capacity;
         ingest.stall_timeout = Duration::from_secs(d.stall_timeout_seconds.max(1));
         ingest

@@ -22,11 +22,11 @@ use tch::{Kind, Tensor};
 
 use crate::engine::config::{AskMode, AskRequest, Sampling};
 use crate::engine::prompt::PromptLayout;
-use crate::engine::stream::{positions, StreamCtx, WindowFrame};
+use crate::engine::stream::{StreamCtx, WindowFrame};
 use crate::error::{EngineError, EngineResult};
 use crate::kv::{BlockMeta, CompressedBlock, Tier};
 use crate::metrics as names;
-use crate::model::{AttnContext, ForwardOptions, LayerKv, LlavaOnevision};
+use crate::model::{AttnContext, ForwardOptions, LayerKv, Positions, VideoLlm};
 use crate::retrieval::{self, LayerSelection, Selection};
 
 /// Where a cited block's KV came from.
@@ -84,9 +84,9 @@ pub struct Figures {
 /// A question's context, ready to decode.
 pub struct Prepared {
     pub ctx: AttnContext,
-    /// The question chunk's embeddings [T, hidden] and positions [T].
+    /// The question chunk's embeddings [T, hidden] and their positions.
     pub question: Tensor,
-    pub positions: Tensor,
+    pub positions: Positions,
     /// In temporal order.
     pub citations: Vec<Citation>,
     pub figures: Figures,
@@ -98,7 +98,7 @@ impl Prepared {
         Self {
             ctx: AttnContext::new(0),
             question: Tensor::new(),
-            positions: Tensor::new(),
+            positions: Positions::from_tensor(Tensor::new()),
             citations: Vec::new(),
             figures: Figures::default(),
         }
@@ -107,7 +107,7 @@ impl Prepared {
 
 /// Builds the context of `req` over `stream` (see the module doc).
 pub fn prepare(
-    model: &LlavaOnevision,
+    model: &dyn VideoLlm,
     layout: &PromptLayout,
     stream: &mut StreamCtx,
     req: &AskRequest,
@@ -245,7 +245,6 @@ pub fn prepare(
     record_loads(&figures, retrieval_time);
 
     // [sinks + per-layer blocks], then the window, then the question.
-    let dec = model.decoder();
     let mut ctx = stream.sinks_and(model, &[])?;
     if selection.k() > 0 {
         let mut per_layer = Vec::with_capacity(layers);
@@ -268,20 +267,18 @@ pub fn prepare(
             });
         }
         let t = per_layer[0].keys.size()[1];
-        ctx.push_layers(dec.rotary(), &per_layer, &positions(ctx.len(), t, device)?)?;
+        let at = model.positions(ctx.len(), t)?;
+        model.place(&mut ctx, &per_layer, &at)?;
     }
     if !recent.is_empty() {
         let parts: Vec<&crate::model::KvSegment> = recent.iter().map(|f| &f.kv).collect();
         let window = crate::model::KvSegment::concat(&parts)?;
-        ctx.push_segment(
-            dec.rotary(),
-            &window,
-            &positions(ctx.len(), window.len(), device)?,
-        )?;
+        let at = model.positions(ctx.len(), window.len())?;
+        model.place(&mut ctx, &window.layers, &at)?;
     }
     figures.context_tokens = ctx.len();
     let q_len = question.size()[0];
-    let positions = positions(ctx.len(), q_len, device)?;
+    let positions = model.positions(ctx.len(), q_len)?;
     citations.sort_by_key(|c| c.seq);
     Ok(Prepared {
         ctx,
@@ -296,8 +293,8 @@ pub fn prepare(
 /// question) within the model's `max_position_embeddings`: a context that leaves no room
 /// is refused (the client asked for too many frames); answers are cut to the room left
 /// (they end with LENGTH there).
-pub fn new_tokens_room(model: &LlavaOnevision, context: i64) -> EngineResult<usize> {
-    let limit = model.config.text_config.max_position_embeddings;
+pub fn new_tokens_room(model: &dyn VideoLlm, context: i64) -> EngineResult<usize> {
+    let limit = model.max_positions();
     if context >= limit {
         return Err(EngineError::InvalidRequest(format!(
             "the context would hold {context} tokens, the model has {limit} positions: ask \
@@ -319,14 +316,14 @@ fn record_loads(figures: &Figures, took: Duration) {
 /// The question's per-layer query vectors [layers · kv_heads · head_dim], from a pass
 /// of the question over `[sinks + recent]`.
 fn question_queries(
-    model: &LlavaOnevision,
+    model: &dyn VideoLlm,
     stream: &StreamCtx,
     recent: &[&WindowFrame],
     question: &Tensor,
 ) -> EngineResult<Vec<f32>> {
     let mut ctx = stream.sinks_and(model, recent)?;
     let q_len = question.size()[0];
-    let pos = positions(ctx.len(), q_len, model.device())?;
+    let pos = model.positions(ctx.len(), q_len)?;
     let opts = ForwardOptions {
         return_queries: true,
         ..Default::default()
@@ -390,7 +387,7 @@ impl Decoding {
     /// The question pass: runs `prepared`'s question over its context and picks the
     /// first token.
     pub fn start(
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         mut prepared: Prepared,
         max_new_tokens: usize,
         sampling: Sampling,
@@ -424,7 +421,7 @@ impl Decoding {
     /// then ends the answer or picks the next token.
     pub fn step(
         &mut self,
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         on_token: impl FnMut(i64, &str) -> bool,
     ) -> EngineResult<Step> {
         if let Some(finish) = self.emit(model, on_token)? {
@@ -438,7 +435,7 @@ impl Decoding {
     /// the answer ends with it, `None` when the token must be fed back.
     pub fn emit(
         &mut self,
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         mut on_token: impl FnMut(i64, &str) -> bool,
     ) -> EngineResult<Option<FinishReason>> {
         let next = self.next;
@@ -446,7 +443,7 @@ impl Decoding {
             return Ok(Some(FinishReason::Stop));
         }
         self.tokens.push(next);
-        let full = model.text.decode(&self.tokens, true)?;
+        let full = model.detokenize(&self.tokens)?;
         // Emit only whole characters: a byte-level token may complete one later.
         let piece = full.get(self.text.len()..).unwrap_or_default().to_owned();
         if !piece.ends_with('\u{FFFD}') {
@@ -470,7 +467,7 @@ impl Decoding {
 
     /// Picks the next token from the final hidden state [1, hidden] of the step that
     /// fed the emitted one back.
-    fn advance(&mut self, model: &LlavaOnevision, hidden: &Tensor) -> EngineResult<()> {
+    fn advance(&mut self, model: &dyn VideoLlm, hidden: &Tensor) -> EngineResult<()> {
         self.pos += 1;
         self.next = pick(
             &model.decoder().logits(hidden)?,
@@ -491,12 +488,12 @@ impl Decoding {
 /// run once over all of them ([`crate::model::Qwen2::decode_batch`]), attention over
 /// each one's own context. One answer alone takes the single-token path of
 /// [`crate::model::Qwen2::forward`], exactly as [`generate`] does.
-pub fn step_batch(model: &LlavaOnevision, batch: &mut [&mut Decoding]) -> EngineResult<()> {
+pub fn step_batch(model: &dyn VideoLlm, batch: &mut [&mut Decoding]) -> EngineResult<()> {
     let dec = model.decoder();
     let device = model.device();
     if let [single] = batch {
         let ids = Tensor::from_slice(&[single.next]).f_to_device(device)?;
-        let p = positions(single.pos, 1, device)?;
+        let p = model.positions(single.pos, 1)?;
         let out = dec.forward(
             &dec.embed(&ids)?,
             &p,
@@ -528,7 +525,7 @@ fn append_options() -> ForwardOptions {
 /// tokens (the stop token excluded), the full text and why it ended. `first_token` is
 /// called once, when the first token is known. `prepared` holds the grown context after.
 pub fn generate(
-    model: &LlavaOnevision,
+    model: &dyn VideoLlm,
     prepared: &mut Prepared,
     max_new_tokens: usize,
     sampling: Sampling,

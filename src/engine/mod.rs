@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{self, Frame, StreamState};
 use crate::kv::StoreConfig;
-use crate::model::LlavaOnevision;
+use crate::model::VideoLlm;
 use crate::retrieval::LayerSelection;
 
 pub use answer::{BlockSource, Citation, Figures, FinishReason};
@@ -188,8 +188,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread with `model`.
-    pub fn start(model: LlavaOnevision, config: EngineConfig) -> EngineResult<Self> {
+    /// Starts the engine thread with `model` (a family's model, or a
+    /// `Box<dyn VideoLlm>` from [`crate::model::load`]).
+    pub fn start(model: impl Into<Box<dyn VideoLlm>>, config: EngineConfig) -> EngineResult<Self> {
+        let model: Box<dyn VideoLlm> = model.into();
         config.validate()?;
         if let LayerSelection::Shared(layer) = config.layer_selection {
             let layers = model.decoder().num_layers();
@@ -199,7 +201,7 @@ impl Engine {
                 )));
             }
         }
-        let layout = PromptLayout::new(&model)?;
+        let layout = PromptLayout::new(&*model)?;
         let (tx, rx) = channel::unbounded();
         let heartbeat = Arc::new(AtomicU64::new(unix_ms()));
         let worker = Worker::new(model, layout, config.clone(), heartbeat.clone());

@@ -1,10 +1,11 @@
 //! One stream's model state: its attention sinks, its recent window and its KV store.
 //!
 //! Streaming encode with sliding-window attention (StreamingLLM's sinks + window, as
-//! ReKV encodes video): a new frame attends to the sink tokens (the prompt prefix,
-//! positions `0..S`) and the last W frames, placed contiguously after the sinks, and
-//! to itself causally. Window keys are kept *before* rotary and rotated afresh for every
-//! batch, so positions stay bounded (`S + (W + batch) · tokens_per_frame`) however long
+//! ReKV encodes video): a new frame's chunk (its embeddings and whatever text its family
+//! puts around a frame) attends to the sink tokens (the prompt prefix, positions
+//! `0..S`) and the last W frames' chunks, placed contiguously after the sinks, and to
+//! itself causally. Window keys are kept *before* rotary and placed afresh for every
+//! batch, so positions stay bounded (`S + (W + batch) · chunk tokens`) however long
 //! the stream runs, and the cost of a frame never grows. With a window wider than the
 //! stream this is exactly the contiguous prefill of the whole video.
 //!
@@ -17,14 +18,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::engine::prompt::PromptLayout;
 use crate::error::{EngineError, EngineResult};
 use crate::kv::disk::RecoveryReport;
 use crate::kv::{Appended, Block, BlockMeta, KvStore, StoreConfig};
 use crate::metrics as names;
-use crate::model::{AttnContext, ForwardOptions, KvSegment, LlavaOnevision};
+use crate::model::{AttnContext, ForwardOptions, KvSegment, VideoLlm};
 
 /// When a frame was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,21 +34,12 @@ pub struct FrameStamp {
     pub wall: SystemTime,
 }
 
-/// A frame in the recent window. Invariant: `kv` holds `tokens_per_frame` tokens
-/// with keys before rotary, in the model dtype and device.
+/// A frame in the recent window. Invariant: `kv` holds the frame's chunk (as many tokens
+/// as its block) with keys before rotary, in the model dtype and device.
 #[derive(Debug)]
 pub struct WindowFrame {
     pub meta: BlockMeta,
     pub kv: KvSegment,
-}
-
-/// Positions `start..start+len` as an int64 tensor on `device`.
-pub fn positions(start: i64, len: i64, device: tch::Device) -> EngineResult<Tensor> {
-    Ok(Tensor::f_arange_start(
-        start,
-        start + len,
-        (Kind::Int64, device),
-    )?)
 }
 
 /// One stream's sinks, window and store.
@@ -70,7 +62,7 @@ pub struct StreamCtx {
 impl StreamCtx {
     /// Opens stream `id`: recovers its store under `dir` and encodes its sinks.
     pub fn open(
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         layout: &PromptLayout,
         dir: &Path,
         id: &str,
@@ -121,58 +113,65 @@ impl StreamCtx {
     /// A context of the sinks at `0..S` followed by `frames` contiguously.
     pub fn sinks_and(
         &self,
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         frames: &[&WindowFrame],
     ) -> EngineResult<AttnContext> {
-        let dec = model.decoder();
-        let device = model.device();
-        let mut ctx = AttnContext::new(dec.num_layers());
+        let mut ctx = AttnContext::new(model.decoder().num_layers());
         let s = self.sinks.len();
-        ctx.push_segment(dec.rotary(), &self.sinks, &positions(0, s, device)?)?;
+        model.place(&mut ctx, &self.sinks.layers, &model.positions(0, s)?)?;
         if !frames.is_empty() {
             let parts: Vec<&KvSegment> = frames.iter().map(|f| &f.kv).collect();
             let window = KvSegment::concat(&parts)?;
-            ctx.push_segment(dec.rotary(), &window, &positions(s, window.len(), device)?)?;
+            model.place(&mut ctx, &window.layers, &model.positions(s, window.len())?)?;
         }
         Ok(ctx)
     }
 
     /// Encodes frames of this stream whose embeddings are `embeds` [n, tokens_per_frame,
-    /// hidden] (from [`LlavaOnevision::encode_frames`]) as one prefill chunk after the
-    /// sinks and the window; stores each as a block and slides the window.
+    /// hidden] (from [`VideoLlm::encode_frames`]): their chunks ([`VideoLlm::frame_chunk`])
+    /// run as one prefill after the sinks and the window; each frame's chunk is stored as
+    /// a block and slides the window.
     pub fn encode(
         &mut self,
-        model: &LlavaOnevision,
+        model: &dyn VideoLlm,
         embeds: &Tensor,
         stamps: &[FrameStamp],
     ) -> EngineResult<Vec<Appended>> {
-        let (n, tpf, hidden) = embeds.size3()?;
+        let n = embeds.size3()?.0;
         if n as usize != stamps.len() || n == 0 {
             return Err(EngineError::Internal(format!(
                 "{n} frame embeddings for {} stamps",
                 stamps.len()
             )));
         }
+        let chunks = stamps
+            .iter()
+            .enumerate()
+            .map(|(i, stamp)| {
+                model.frame_chunk(&embeds.f_get(i as i64)?, stamp.pts + self.pts_offset)
+            })
+            .collect::<Result<Vec<Tensor>, _>>()?;
+        let lengths: Vec<i64> = chunks.iter().map(|c| c.size()[0]).collect();
+        let total: i64 = lengths.iter().sum();
         let window: Vec<&WindowFrame> = self.window.iter().collect();
         let mut ctx = self.sinks_and(model, &window)?;
         let start = ctx.len();
-        let chunk = embeds.f_reshape([n * tpf, hidden])?;
         let opts = ForwardOptions {
             return_kv: true,
             ..Default::default()
         };
-        let out = model.decoder().forward(
-            &chunk,
-            &positions(start, n * tpf, model.device())?,
-            &mut ctx,
-            opts,
-        )?;
+        let at = model.positions(start, total)?;
+        let out = model
+            .decoder()
+            .forward(&Tensor::f_cat(&chunks, 0)?, &at, &mut ctx, opts)?;
         let kv = out
             .kv
             .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))?;
         let mut appended = Vec::with_capacity(stamps.len());
-        for (i, stamp) in stamps.iter().enumerate() {
-            let frame_kv = kv.narrow(i as i64 * tpf, tpf)?;
+        let mut offset = 0;
+        for (stamp, len) in stamps.iter().zip(lengths) {
+            let frame_kv = kv.narrow(offset, len)?;
+            offset += len;
             let block = Block::new(
                 self.next_seq,
                 stamp.pts + self.pts_offset,
@@ -197,22 +196,22 @@ impl StreamCtx {
 }
 
 /// The prompt prefix prefilled at `0..S`: the sinks every frame and question attend to.
-fn encode_sinks(model: &LlavaOnevision, layout: &PromptLayout) -> EngineResult<KvSegment> {
+fn encode_sinks(model: &dyn VideoLlm, layout: &PromptLayout) -> EngineResult<KvSegment> {
     let dec = model.decoder();
-    let device = model.device();
     let s = layout.prefix.len() as i64;
     if s == 0 {
         return Err(EngineError::InvalidRequest(
-            "the chat template puts nothing before the video: streaming needs sink tokens".into(),
+            "the prompt puts nothing before the first frame: streaming needs sink tokens".into(),
         ));
     }
-    let ids = Tensor::from_slice(&layout.prefix).f_to_device(device)?;
+    let ids = Tensor::from_slice(&layout.prefix).f_to_device(model.device())?;
     let mut ctx = AttnContext::new(dec.num_layers());
     let opts = ForwardOptions {
         return_kv: true,
         ..Default::default()
     };
-    let out = dec.forward(&dec.embed(&ids)?, &positions(0, s, device)?, &mut ctx, opts)?;
+    let at = model.positions(0, s)?;
+    let out = dec.forward(&dec.embed(&ids)?, &at, &mut ctx, opts)?;
     out.kv
         .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))
 }

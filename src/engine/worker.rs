@@ -38,7 +38,7 @@ use super::{
 use crate::error::{panic_message, EngineError, EngineResult};
 use crate::ingest::{self, Frame, StreamHandle};
 use crate::metrics as names;
-use crate::model::LlavaOnevision;
+use crate::model::VideoLlm;
 
 /// Longest the loop decodes without a frame waiting before it turns again (to look at
 /// requests, retention and input states).
@@ -120,7 +120,7 @@ impl Heartbeat {
 }
 
 pub(super) struct Worker {
-    pub(super) model: LlavaOnevision,
+    pub(super) model: Box<dyn VideoLlm>,
     pub(super) layout: PromptLayout,
     pub(super) config: EngineConfig,
     streams: Vec<Entry>,
@@ -156,7 +156,7 @@ fn note_internal(e: &EngineError, what: &'static str, stream: &str) {
 
 impl Worker {
     pub(super) fn new(
-        model: LlavaOnevision,
+        model: Box<dyn VideoLlm>,
         layout: PromptLayout,
         config: EngineConfig,
         heartbeat: Arc<AtomicU64>,
@@ -255,7 +255,7 @@ impl Worker {
         let dir = self.config.state_dir.join("kv").join(&spec.id);
         let store = spec.store.unwrap_or_else(|| self.config.store.clone());
         let (ctx, report) = StreamCtx::open(
-            &self.model,
+            &*self.model,
             &self.layout,
             &dir,
             &spec.id,
@@ -347,7 +347,7 @@ impl Worker {
     fn encode_frames(&mut self, batch: &[(usize, Frame)]) -> EngineResult<()> {
         let mut pixels = Vec::with_capacity(batch.len());
         for (_, frame) in batch {
-            pixels.push(self.model.preprocessor.process(&frame_tensor(frame)?)?);
+            pixels.push(self.model.preprocess(&frame_tensor(frame)?)?);
         }
         let embeds = self.model.encode_frames(&Tensor::f_cat(&pixels, 0)?)?;
         self.heartbeat.beat();
@@ -372,7 +372,7 @@ impl Worker {
             let index = Tensor::from_slice(&rows).f_to_device(self.model.device())?;
             let mine = embeds.f_index_select(0, &index)?;
             let entry = &mut self.streams[i];
-            if let Err(e) = entry.ctx.encode(&self.model, &mine, &stamps) {
+            if let Err(e) = entry.ctx.encode(&*self.model, &mine, &stamps) {
                 metrics::counter!(names::ENGINE_ENCODE_ERRORS, "stream" => entry.ctx.id.to_string(), "error_type" => e.error_type()).increment(stamps.len() as u64);
                 note_internal(&e, "encode", &entry.ctx.id);
                 tracing::warn!(stream = %entry.ctx.id, error = %e, "encoding failed; frames dropped");
@@ -404,7 +404,7 @@ impl Worker {
                     decoding,
                     queued,
                 };
-                match guarded("decode", || step(&self.model, &mut open)) {
+                match guarded("decode", || step(&*self.model, &mut open)) {
                     Ok(Step::Continue) => self.open.push(open),
                     Ok(Step::Done(finish)) => complete(open, finish),
                     Err(e) => fail(open.ask, e),
@@ -424,7 +424,7 @@ impl Worker {
             .find(|e| *e.ctx.id == *req.stream)
             .ok_or_else(|| EngineError::UnknownStream(req.stream.clone()))?;
         let prepared = answer::prepare(
-            &self.model,
+            &*self.model,
             &self.layout,
             &mut entry.ctx,
             req,
@@ -433,13 +433,13 @@ impl Worker {
             SystemTime::now(),
         )?;
         let context = prepared.figures.context_tokens + prepared.question.size()[0];
-        let room = answer::new_tokens_room(&self.model, context)?;
+        let room = answer::new_tokens_room(&*self.model, context)?;
         let max_new = req
             .max_new_tokens
             .unwrap_or(self.config.max_new_tokens)
             .min(room);
         Decoding::start(
-            &self.model,
+            &*self.model,
             prepared,
             max_new,
             req.sampling,
@@ -489,7 +489,7 @@ impl Worker {
             let emitted = if open.ask.cancelled() {
                 Ok(Some(FinishReason::Cancelled))
             } else {
-                guarded("decode", || emit(&self.model, open))
+                guarded("decode", || emit(&*self.model, open))
             };
             match emitted {
                 Ok(Some(finish)) => ended.push((i, Ok(finish))),
@@ -498,7 +498,7 @@ impl Worker {
             }
         }
         if !going.is_empty() {
-            let model = &self.model;
+            let model = &*self.model;
             let mut batch: Vec<&mut Decoding> = self
                 .open
                 .iter_mut()
@@ -580,12 +580,12 @@ fn sender(ask: &PendingAsk) -> impl FnMut(i64, &str) -> bool + '_ {
 }
 
 /// One whole decode step of `open` alone, its token sent to the asker.
-fn step(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Step> {
+fn step(model: &dyn VideoLlm, open: &mut OpenAnswer) -> EngineResult<Step> {
     open.decoding.step(model, sender(&open.ask))
 }
 
 /// `open` hands out its picked token to the asker ([`Decoding::emit`]).
-fn emit(model: &LlavaOnevision, open: &mut OpenAnswer) -> EngineResult<Option<FinishReason>> {
+fn emit(model: &dyn VideoLlm, open: &mut OpenAnswer) -> EngineResult<Option<FinishReason>> {
     open.decoding.emit(model, sender(&open.ask))
 }
 

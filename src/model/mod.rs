@@ -1,28 +1,28 @@
 //! The model runtime: Hugging Face Video-LLM checkpoints run through libtorch (`tch`).
 //!
 //! Kept free of serving and storage code: it loads a checkpoint, turns frames into
-//! embeddings and runs the decoder over an explicit key/value context. The streaming
-//! engine builds its sliding window and retrieved blocks on [`context`].
+//! embeddings and runs the decoder over an explicit key/value context. The engine knows
+//! a model only through [`VideoLlm`] ([`family`]); [`load`] picks the family from
+//! `config.json`'s `model_type`, so adding a family is adding a folder.
 //!
 //! # Layout
-//! - [`config`]: serde mirrors of `config.json` and the video preprocessor config.
-//! - [`weights`]: safetensors (single or sharded) by scoped name, with shape checks.
-//! - [`text`]: tokenizer, chat template, video placeholder expansion.
-//! - [`preprocess`]: frames → pixel values as the `transformers` video processor does.
-//! - [`rope`], [`context`]: rotary embeddings at explicit positions; KV segments and
-//!   attention contexts.
-//! - [`siglip`], [`qwen2`]: the vision tower and the decoder, shared by families.
-//! - [`llava_onevision`]: the LLaVA-OneVision family assembled from them.
+//! - [`family`]: the seam ([`VideoLlm`], [`Positions`], [`ModelSummary`]).
+//! - [`nn`]: shared layers and state: safetensors weights by scoped name, rotary
+//!   embeddings at explicit positions, KV segments and attention contexts.
+//! - [`vision`]: vision towers (SigLIP). [`decoder`]: the Llama-family decoder (Qwen2,
+//!   Llama/SmolLM2).
+//! - [`config`]: what every family's config shares; [`text`]: tokenizer, chat
+//!   templates; [`preprocess`]: frames → pixel values (resize, rescale, normalise).
+//! - one folder per family: [`llava_onevision`].
 
 pub mod config;
-pub mod context;
+pub mod decoder;
+pub mod family;
 pub mod llava_onevision;
+pub mod nn;
 pub mod preprocess;
-pub mod qwen2;
-pub mod rope;
-pub mod siglip;
 pub mod text;
-pub mod weights;
+pub mod vision;
 
 use std::str::FromStr;
 
@@ -30,9 +30,37 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{ModelError, ModelResult};
 
-pub use context::{AttnContext, KvSegment, LayerKv};
+pub use decoder::{ChunkOutput, ForwardOptions, Llama};
+pub use family::{ModelSummary, Positions, VideoLlm};
 pub use llava_onevision::LlavaOnevision;
-pub use qwen2::{ChunkOutput, ForwardOptions};
+pub use nn::context::{AttnContext, KvSegment, LayerKv};
+
+/// Loads the checkpoint in `dir` with the family its `config.json` names
+/// (`model_type`): `llava_onevision`.
+pub fn load(dir: &std::path::Path, opts: ModelOptions) -> ModelResult<Box<dyn VideoLlm>> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        model_type: Option<String>,
+    }
+    let path = dir.join("config.json");
+    if !path.exists() {
+        return Err(ModelError::MissingFile {
+            dir: dir.to_owned(),
+            what: "config.json",
+        });
+    }
+    let head: Head = config::read_json(&path)?;
+    match head.model_type.as_deref() {
+        Some("llava_onevision") => Ok(Box::new(LlavaOnevision::load(dir, opts)?)),
+        Some(other) => Err(ModelError::Unsupported(format!(
+            "model_type `{other}` (families: llava_onevision)"
+        ))),
+        None => Err(ModelError::InvalidConfig(format!(
+            "{} has no model_type",
+            path.display()
+        ))),
+    }
+}
 
 /// Numeric precision the model runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

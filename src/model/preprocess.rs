@@ -8,8 +8,102 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use serde::Deserialize;
+
 use crate::error::{ModelError, ModelResult};
-use crate::model::config::VideoPreprocessorConfig;
+use crate::model::config::read_json;
+
+/// Video preprocessing as `LlavaOnevisionVideoProcessor` does it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VideoPreprocessorConfig {
+    #[serde(default = "crate::model::config::default_true")]
+    pub do_resize: bool,
+    #[serde(default)]
+    pub size: Option<SizeSpec>,
+    /// PIL resampling code: 2 bilinear, 3 bicubic.
+    #[serde(default = "default_resample")]
+    pub resample: i64,
+    #[serde(default = "crate::model::config::default_true")]
+    pub do_rescale: bool,
+    #[serde(default = "default_rescale")]
+    pub rescale_factor: f64,
+    #[serde(default = "crate::model::config::default_true")]
+    pub do_normalize: bool,
+    #[serde(default = "default_mean")]
+    pub image_mean: Vec<f64>,
+    #[serde(default = "default_std")]
+    pub image_std: Vec<f64>,
+}
+
+/// `size`: explicit height/width, or a shortest edge (treated as a square here, as
+/// LLaVA-OneVision's SigLIP towers take square inputs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SizeSpec {
+    pub height: Option<i64>,
+    pub width: Option<i64>,
+    pub shortest_edge: Option<i64>,
+}
+
+fn default_resample() -> i64 {
+    3
+}
+fn default_rescale() -> f64 {
+    1.0 / 255.0
+}
+fn default_mean() -> Vec<f64> {
+    vec![0.48145466, 0.4578275, 0.40821073]
+}
+fn default_std() -> Vec<f64> {
+    vec![0.26862954, 0.26130258, 0.27577711]
+}
+
+impl VideoPreprocessorConfig {
+    /// Finds the video preprocessor config the way `transformers` 5 and the hub
+    /// checkpoints lay it out: `video_preprocessor_config.json`, the `video_processor`
+    /// entry of `processor_config.json`, or `preprocessor_config.json`.
+    pub fn load(dir: &Path) -> ModelResult<Self> {
+        let video = dir.join("video_preprocessor_config.json");
+        if video.exists() {
+            return read_json(&video);
+        }
+        let processor = dir.join("processor_config.json");
+        if processor.exists() {
+            let value: serde_json::Value = read_json(&processor)?;
+            if let Some(section) = value.get("video_processor") {
+                return serde_json::from_value(section.clone()).map_err(|source| {
+                    ModelError::Json {
+                        path: processor,
+                        source,
+                    }
+                });
+            }
+        }
+        let image = dir.join("preprocessor_config.json");
+        if image.exists() {
+            return read_json(&image);
+        }
+        Err(ModelError::MissingFile {
+            dir: dir.to_owned(),
+            what: "video preprocessor config (video_preprocessor_config.json, processor_config.json or preprocessor_config.json)",
+        })
+    }
+
+    /// Output (height, width), given the tower's input size for configs that omit it.
+    pub fn target_size(&self, tower_size: i64) -> (i64, i64) {
+        match &self.size {
+            Some(SizeSpec {
+                height: Some(h),
+                width: Some(w),
+                ..
+            }) => (*h, *w),
+            Some(SizeSpec {
+                shortest_edge: Some(s),
+                ..
+            }) => (*s, *s),
+            _ => (tower_size, tower_size),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct FramePreprocessor {

@@ -49,7 +49,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::ServeError;
 use crate::metrics as names;
-use crate::model::{LlavaOnevision, ModelOptions, Precision};
+use crate::model::{ModelOptions, Precision, VideoLlm};
 use auth::{Authenticator, Tokens};
 use limits::AskLimiter;
 use registry::{KnownStreams, Registry};
@@ -80,14 +80,18 @@ pub struct MetricsEndpoint {
 /// How long the engine may take to stop once every request has ended.
 const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn load_model(config: &Config) -> Result<LlavaOnevision, ServeError> {
+fn load_model(config: &Config) -> Result<Box<dyn VideoLlm>, ServeError> {
     let precision: Precision = config.model.dtype.parse()?;
     let options = ModelOptions::parse(&config.model.device, precision)?;
     let start = Instant::now();
     tracing::info!(model = %config.model.path.display(), device = %config.model.device, dtype = %config.model.dtype, "loading model");
     let _guard = tch::no_grad_guard();
-    let model = LlavaOnevision::load(&config.model.path, options)?;
-    tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
+    let model = crate::model::load(&config.model.path, options)?;
+    tracing::info!(
+        seconds = start.elapsed().as_secs_f64(),
+        family = model.family(),
+        "model loaded"
+    );
     Ok(model)
 }
 
@@ -221,11 +225,12 @@ pub async fn run(
     systemd::status("loading the model");
     let engine_config = config.engine_config();
     let model_config = config.clone();
-    let mut loading = tokio::task::spawn_blocking(move || -> Result<(Engine, u32), ServeError> {
-        let model = load_model(&model_config)?;
-        let size = model.config.vision_config.image_size as u32;
-        Ok((Engine::start(model, engine_config)?, size))
-    });
+    let mut loading =
+        tokio::task::spawn_blocking(move || -> Result<(Engine, (u32, u32)), ServeError> {
+            let model = load_model(&model_config)?;
+            let size = model.frame_size();
+            Ok((Engine::start(model, engine_config)?, size))
+        });
     let started = tokio::select! {
         loaded = &mut loading => Some(loaded.map_err(|e| ServeError::Metrics(format!("model loader: {e}")))??),
         () = wait_for_shutdown(&mut control) => None,

@@ -57,8 +57,8 @@ impl KnownStreams {
 pub struct Registry {
     /// Defaults of new streams (the config as last loaded).
     config: Config,
-    /// The model's input size: frame size of streams that name none.
-    model_size: u32,
+    /// The model's frame size (height, width): that of streams that name none.
+    model_size: (u32, u32),
     /// Invariant: every entry here is running in the engine.
     streams: BTreeMap<String, (StreamEntry, Origin)>,
     known: KnownStreams,
@@ -74,7 +74,7 @@ pub struct ReloadReport {
 }
 
 impl Registry {
-    pub fn new(config: Config, model_size: u32, known: KnownStreams) -> Self {
+    pub fn new(config: Config, model_size: (u32, u32), known: KnownStreams) -> Self {
         Self {
             config,
             model_size,

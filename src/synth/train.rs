@@ -10,7 +10,7 @@
 //!    templated prompt ([`LlavaOnevision::embed_batch_with_video`]) and packs each
 //!    clip's questions into one row after its video: each question segment (rest of
 //!    the prompt, answer, `<|im_end|>`) sees the video prefix and itself only, at the
-//!    positions it would have alone ([`crate::model::qwen2::Qwen2::forward_packed`]),
+//!    positions it would have alone ([`crate::model::decoder::llama::Llama::forward_packed`]),
 //!    so one vision pass serves ~8 answers. The loss is the cross entropy of the answer
 //!    tokens and `<|im_end|>`, plus half that of linear probes on the frame tokens
 //!    ([`CellProbes`]). Measured: one question per clip plateaued at ~45% of answers

@@ -19,7 +19,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, ModelResult};
-use crate::model::rope::{apply_rotary, Rotary};
+use crate::model::nn::rope::{apply_rotary, Rotary};
 
 /// K and V of a run of tokens in one decoder layer.
 #[derive(Debug)]

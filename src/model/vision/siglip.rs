@@ -8,12 +8,109 @@
 //! the deepest requested one run, and the pooling head is never used.
 //! In: pixels [N, 3, S, S] in the model dtype. Out: [N, (S/patch)², hidden · #layers].
 
+use serde::Deserialize;
 use tch::Tensor;
 
 use crate::error::{ModelError, ModelResult};
-use crate::model::config::SiglipVisionConfig;
-use crate::model::weights::{LayerNorm, Linear, Scope};
+use crate::model::nn::weights::{LayerNorm, Linear, Scope};
 use crate::model::Activation;
+
+/// `vision_config` (`siglip_vision_model`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SiglipVisionConfig {
+    #[serde(default = "default_vision_hidden")]
+    pub hidden_size: i64,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: i64,
+    #[serde(default = "default_vision_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "default_vision_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "default_channels")]
+    pub num_channels: i64,
+    #[serde(default = "default_image_size")]
+    pub image_size: i64,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: i64,
+    #[serde(default = "default_vision_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub vision_use_head: bool,
+}
+
+// Defaults are LlavaOnevisionConfig's SigLIP-so400m sub-config defaults.
+fn default_vision_hidden() -> i64 {
+    1152
+}
+fn default_vision_intermediate() -> i64 {
+    4304
+}
+fn default_vision_layers() -> i64 {
+    26
+}
+fn default_vision_heads() -> i64 {
+    16
+}
+fn default_channels() -> i64 {
+    3
+}
+fn default_image_size() -> i64 {
+    384
+}
+fn default_patch_size() -> i64 {
+    14
+}
+fn default_vision_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn default_ln_eps() -> f64 {
+    1e-6
+}
+
+impl SiglipVisionConfig {
+    /// Patches along one side of the (square) input (a remainder is dropped).
+    pub fn grid(&self) -> i64 {
+        self.image_size / self.patch_size
+    }
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks what the tower relies on; `at` names the config section in errors.
+    pub fn validate(&self, at: &str) -> ModelResult<()> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        for (name, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("patch_size", self.patch_size),
+            ("image_size", self.image_size),
+        ] {
+            if value <= 0 {
+                return bad(format!("{at}.{name} must be positive, got {value}"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "{at}.hidden_size must divide by num_attention_heads"
+            ));
+        }
+        // The patch conv has stride `patch_size` and no padding: where the patch does
+        // not divide the size (SigLIP-so400m-patch14-384: 384 = 27 · 14 + 6) the last
+        // rows and columns are dropped, as in `transformers`.
+        if self.image_size < self.patch_size {
+            return bad(format!("{at}.image_size must be at least patch_size"));
+        }
+        if Activation::parse(&self.hidden_act).is_none() {
+            return Err(ModelError::Unsupported(format!(
+                "{at}.hidden_act `{}`",
+                self.hidden_act
+            )));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug)]
 struct EncoderLayer {

@@ -1,9 +1,11 @@
-//! Qwen2 decoder (the LLM of LLaVA-OneVision), after `transformers`'
-//! `models/qwen2/modeling_qwen2.py` and candle's `models/qwen2.rs`: RMSNorm, rotary
-//! embeddings, grouped-query attention with q/k/v biases, SwiGLU MLP, tied or untied
-//! LM head. Attention uses libtorch's fused `scaled_dot_product_attention`.
+//! The Llama-family decoder: Qwen2 (the LLM of LLaVA-OneVision, Qwen2.5-VL) and
+//! Llama/SmolLM2 (SmolVLM), after `transformers`' `models/qwen2/modeling_qwen2.py`,
+//! `models/llama/modeling_llama.py` and candle's `models/qwen2.rs`: RMSNorm, rotary
+//! embeddings (default, linear or llama3 scaling), grouped-query attention with or
+//! without biases (Qwen2: q/k/v; Llama: `attention_bias` on all four), SwiGLU MLP, tied
+//! or untied LM head. Attention uses libtorch's fused `scaled_dot_product_attention`.
 //!
-//! Streaming entry point: [`Qwen2::forward`] runs a chunk of T input embeddings
+//! Streaming entry point: [`Llama::forward`] runs a chunk of T input embeddings
 //! [T, hidden] at explicit positions against an [`AttnContext`] of C tokens (sinks,
 //! retrieved blocks, recent window — anything), attending to all C context tokens and
 //! causally within the chunk. It can return the chunk's per-layer keys *before* rotary
@@ -24,13 +26,176 @@
 
 use tch::{Kind, Tensor};
 
-use crate::error::{ModelError, ModelResult};
-use crate::model::config::Qwen2Config;
-use crate::model::context::{AttnContext, KvSegment, LayerKv};
-use crate::model::rope::{apply_rotary, Rotary};
-use crate::model::weights::{Linear, Scope};
+use serde::Deserialize;
 
-/// Root-mean-square norm computed in fp32, as `Qwen2RMSNorm` does.
+use crate::error::{ModelError, ModelResult};
+use crate::model::config::{RopeParameters, TokenIds};
+use crate::model::nn::context::{AttnContext, KvSegment, LayerKv};
+use crate::model::nn::rope::{apply_rotary, RopeScaling, Rotary};
+use crate::model::nn::weights::{Linear, Scope};
+
+/// `text_config` of a Llama-family decoder (`qwen2`, `llama`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    /// `qwen2` or `llama` (others of the family load as `llama`).
+    #[serde(default)]
+    pub model_type: Option<String>,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "default_silu")]
+    pub hidden_act: String,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    /// Llama: biases on q, k, v and o. Qwen2 ignores it (q/k/v always, o never).
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    /// Llama: biases on the MLP's projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+}
+
+/// The former name, kept for the LLaVA-OneVision code and its callers.
+pub type Qwen2Config = LlamaConfig;
+
+fn default_silu() -> String {
+    "silu".into()
+}
+fn default_max_pos() -> i64 {
+    32768
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    fn is_qwen2(&self) -> bool {
+        self.model_type.as_deref() == Some("qwen2")
+    }
+    /// (q/k/v biases, o bias).
+    fn attention_biases(&self) -> (bool, bool) {
+        if self.is_qwen2() {
+            (true, false)
+        } else {
+            let b = self.attention_bias.unwrap_or(false);
+            (b, b)
+        }
+    }
+    /// Base of the rotary embedding.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10000.0)
+    }
+    fn rope(&self) -> Option<&RopeParameters> {
+        let typed = |p: &&RopeParameters| p.rope_type.is_some() || p.legacy_type.is_some();
+        self.rope_parameters
+            .as_ref()
+            .filter(typed)
+            .or_else(|| self.rope_scaling.as_ref().filter(typed))
+    }
+    /// The rope type's frequency scaling; an unsupported type is an error.
+    pub fn rope_scaling(&self) -> ModelResult<RopeScaling> {
+        let Some(p) = self.rope() else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = p
+            .rope_type
+            .clone()
+            .or(p.legacy_type.clone())
+            .unwrap_or_default();
+        let need = |v: Option<f64>, name: &str| {
+            v.ok_or_else(|| ModelError::InvalidConfig(format!("rope `{kind}` needs `{name}`")))
+        };
+        match kind.as_str() {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: need(p.factor, "factor")?,
+            }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: need(p.factor, "factor")?,
+                low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: need(
+                    p.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            }),
+            other => Err(ModelError::Unsupported(format!(
+                "rope type `{other}` (default, linear and llama3 are implemented)"
+            ))),
+        }
+    }
+
+    /// Checks what the decoder relies on; `at` names the config section in errors.
+    pub fn validate(&self, at: &str) -> ModelResult<()> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        for (name, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("vocab_size", self.vocab_size),
+            ("num_key_value_heads", self.kv_heads()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value <= 0 {
+                return bad(format!("{at}.{name} must be positive, got {value}"));
+            }
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return bad(format!(
+                "{at}.num_attention_heads must divide by num_key_value_heads"
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return bad(format!("{at} head_dim must be even for rotary embeddings"));
+        }
+        self.rope_scaling()?;
+        if self.use_sliding_window {
+            return Err(ModelError::Unsupported(format!(
+                "{at}.use_sliding_window (Qwen2's built-in window); vstreamd windows by frames instead"
+            )));
+        }
+        if self.hidden_act != "silu" {
+            return Err(ModelError::Unsupported(format!(
+                "{at}.hidden_act `{}`",
+                self.hidden_act
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Root-mean-square norm computed in fp32, as `Qwen2RMSNorm` and `LlamaRMSNorm` do.
 #[derive(Debug)]
 struct RmsNorm {
     weight: Tensor,
@@ -109,7 +274,7 @@ impl DecoderLayer {
     }
 }
 
-/// Options of one [`Qwen2::forward`] call.
+/// Options of one [`Llama::forward`] call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForwardOptions {
     /// Append the chunk's rotated keys and values to the context.
@@ -120,7 +285,7 @@ pub struct ForwardOptions {
     pub return_queries: bool,
 }
 
-/// Result of one [`Qwen2::forward`] call.
+/// Result of one [`Llama::forward`] call.
 #[derive(Debug)]
 pub struct ChunkOutput {
     /// Final-normed hidden states, [T, hidden].
@@ -140,9 +305,9 @@ pub struct ChunkOutput {
     pub queries: Option<Tensor>,
 }
 
-/// The Qwen2 decoder with its LM head.
+/// A Llama-family decoder with its LM head.
 #[derive(Debug)]
-pub struct Qwen2 {
+pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
@@ -154,15 +319,20 @@ pub struct Qwen2 {
     head_dim: i64,
 }
 
-impl Qwen2 {
+/// The former name of [`Llama`], which LLaVA-OneVision's code and callers use.
+pub type Qwen2 = Llama;
+
+impl Llama {
     /// Loads from the scope holding `embed_tokens`, `layers`, `norm`; `lm_head` is the
     /// full name of the head's weight (absent when tied).
     pub fn load(
         vb: &Scope,
         lm_head: Option<&Scope>,
-        cfg: &Qwen2Config,
+        cfg: &LlamaConfig,
         tied: bool,
     ) -> ModelResult<Self> {
+        let (qkv_bias, o_bias) = cfg.attention_biases();
+        let mlp_bias = cfg.mlp_bias;
         let h = cfg.hidden_size;
         let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let embed_tokens = vb.pp("embed_tokens").get("weight", &[cfg.vocab_size, h])?;
@@ -174,10 +344,10 @@ impl Qwen2 {
             layers.push(DecoderLayer {
                 input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
                 self_attn: Attention {
-                    q_proj: attn.pp("q_proj").linear(h, nh * hd, true)?,
-                    k_proj: attn.pp("k_proj").linear(h, kvh * hd, true)?,
-                    v_proj: attn.pp("v_proj").linear(h, kvh * hd, true)?,
-                    o_proj: attn.pp("o_proj").linear(nh * hd, h, false)?,
+                    q_proj: attn.pp("q_proj").linear(h, nh * hd, qkv_bias)?,
+                    k_proj: attn.pp("k_proj").linear(h, kvh * hd, qkv_bias)?,
+                    v_proj: attn.pp("v_proj").linear(h, kvh * hd, qkv_bias)?,
+                    o_proj: attn.pp("o_proj").linear(nh * hd, h, o_bias)?,
                 },
                 post_attention_layernorm: RmsNorm::load(
                     &l.pp("post_attention_layernorm"),
@@ -187,11 +357,13 @@ impl Qwen2 {
                 mlp: Mlp {
                     gate_proj: mlp
                         .pp("gate_proj")
-                        .linear(h, cfg.intermediate_size, false)?,
-                    up_proj: mlp.pp("up_proj").linear(h, cfg.intermediate_size, false)?,
+                        .linear(h, cfg.intermediate_size, mlp_bias)?,
+                    up_proj: mlp
+                        .pp("up_proj")
+                        .linear(h, cfg.intermediate_size, mlp_bias)?,
                     down_proj: mlp
                         .pp("down_proj")
-                        .linear(cfg.intermediate_size, h, false)?,
+                        .linear(cfg.intermediate_size, h, mlp_bias)?,
                 },
             });
         }
@@ -205,7 +377,12 @@ impl Qwen2 {
                 ))
             }
         };
-        let rotary = Rotary::new(hd, cfg.rope_theta(), embed_tokens.device())?;
+        let rotary = Rotary::scaled(
+            hd,
+            cfg.rope_theta(),
+            cfg.rope_scaling()?,
+            embed_tokens.device(),
+        )?;
         Ok(Self {
             embed_tokens,
             layers,
@@ -357,7 +534,7 @@ impl Qwen2 {
     /// final-normed hidden states [B, hidden]. The linear layers run once over the
     /// batch — on a CPU a decode step is bound by reading the weights, so B sequences
     /// cost little more than one — and attention runs per sequence over its own
-    /// context, whatever its length. Row b equals [`Qwen2::forward`] of that token alone
+    /// context, whatever its length. Row b equals [`Llama::forward`] of that token alone
     /// with `append` (up to float summation order in the batched matmuls).
     pub fn decode_batch(
         &self,
@@ -424,7 +601,7 @@ impl Qwen2 {
     /// rotary position in `positions` [B, T] (int64) and what it may attend to in `mask`
     /// [B, 1, T, T] (bool, true = attend; every row must allow at least one key) →
     /// final-normed hidden states [B, T, hidden]. The same layers and operations as
-    /// [`Qwen2::forward`] (which takes one sequence against a context); training uses
+    /// [`Llama::forward`] (which takes one sequence against a context); training uses
     /// it to score several questions about one video in one row, each seeing the video
     /// prefix and itself only, at the positions it would have alone.
     pub fn forward_packed(
@@ -457,6 +634,44 @@ impl Qwen2 {
             x = layer.finish(&x, &out)?;
         }
         self.norm.forward(&x)
+    }
+
+    /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
+    /// fresh context: at most `max_new_tokens` tokens, stopping after any of `stop`.
+    /// Returns the new tokens and the prefill logits [T, vocab] (fp32).
+    pub fn generate_greedy(
+        &self,
+        embeds: &Tensor,
+        max_new_tokens: usize,
+        stop: &[i64],
+    ) -> ModelResult<(Vec<i64>, Tensor)> {
+        let device = embeds.device();
+        let t = embeds.size()[0];
+        let mut ctx = AttnContext::new(self.num_layers());
+        let positions = Tensor::f_arange(t, (Kind::Int64, device))?;
+        let append = ForwardOptions {
+            append: true,
+            ..Default::default()
+        };
+        let out = self.forward(embeds, &positions, &mut ctx, append)?;
+        let logits = self.logits(&out.hidden)?;
+        let mut next = logits.f_get(t - 1)?.f_argmax(-1, false)?.int64_value(&[]);
+        let mut tokens = Vec::with_capacity(max_new_tokens);
+        for step in 0..max_new_tokens as i64 {
+            tokens.push(next);
+            if stop.contains(&next) || tokens.len() == max_new_tokens {
+                break;
+            }
+            let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
+            let pos = Tensor::from_slice(&[t + step]).f_to_device(device)?;
+            let out = self.forward(&self.embed(&ids)?, &pos, &mut ctx, append)?;
+            next = self
+                .logits(&out.hidden)?
+                .f_get(0)?
+                .f_argmax(-1, false)?
+                .int64_value(&[]);
+        }
+        Ok((tokens, logits))
     }
 
     /// One layer's query vector from its queries before rotary, [1, num_heads, T,

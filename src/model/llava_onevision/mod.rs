@@ -11,18 +11,22 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use std::time::Duration;
+
 use tch::{Device, Kind, Tensor};
 
+pub mod config;
+mod prompt;
+
 use crate::error::{ModelError, ModelResult};
-use crate::model::config::{LlavaOnevisionConfig, VideoPreprocessorConfig};
-use crate::model::context::AttnContext;
-use crate::model::preprocess::FramePreprocessor;
-use crate::model::qwen2::{ForwardOptions, Qwen2};
-use crate::model::siglip::SiglipVisionTower;
+use crate::model::decoder::llama::Qwen2;
+use crate::model::family::{ModelSummary, VideoLlm};
+use crate::model::nn::weights::{Linear, WeightStore};
+use crate::model::preprocess::{FramePreprocessor, VideoPreprocessorConfig};
 use crate::model::text::TextProcessor;
-use crate::model::weights::{Linear, WeightStore};
+use crate::model::vision::siglip::SiglipVisionTower;
 use crate::model::{Activation, ModelOptions};
+use config::LlavaOnevisionConfig;
 
 /// Where a checkpoint keeps each part. Hub checkpoints use the layout of
 /// `transformers` < 4.52 (`vision_tower.vision_model.*`, `language_model.model.*`);
@@ -91,23 +95,6 @@ impl Layout {
             newline: newline.into(),
         })
     }
-}
-
-/// Figures `vstreamd model inspect` prints.
-#[derive(Debug, Serialize)]
-pub struct ModelSummary {
-    pub family: &'static str,
-    pub parameters: i64,
-    pub vision_layers: i64,
-    pub layers: i64,
-    pub heads: i64,
-    pub kv_heads: i64,
-    pub head_dim: i64,
-    pub hidden_size: i64,
-    pub vocab_size: i64,
-    pub image_size: i64,
-    pub tokens_per_frame: i64,
-    pub kv_bytes_per_token_fp16: i64,
 }
 
 pub struct LlavaOnevision {
@@ -234,7 +221,11 @@ impl LlavaOnevision {
             vocab_size: t.vocab_size,
             image_size: self.config.vision_config.image_size,
             tokens_per_frame: self.tokens_per_frame(),
+            tokens_per_frame_chunk: self.tokens_per_frame(),
+            max_position_embeddings: t.max_position_embeddings,
             kv_bytes_per_token_fp16: t.num_hidden_layers * 2 * t.kv_heads() * t.head_dim() * 2,
+            dtype: format!("{:?}", self.dtype),
+            device: format!("{:?}", self.device),
         }
     }
 
@@ -355,35 +346,7 @@ impl LlavaOnevision {
         max_new_tokens: usize,
         stop: &[i64],
     ) -> ModelResult<(Vec<i64>, Tensor)> {
-        let t = embeds.size()[0];
-        let mut ctx = AttnContext::new(self.decoder.num_layers());
-        let positions = Tensor::f_arange(t, (Kind::Int64, self.device))?;
-        let append = ForwardOptions {
-            append: true,
-            ..Default::default()
-        };
-        let out = self.decoder.forward(embeds, &positions, &mut ctx, append)?;
-        let logits = self.decoder.logits(&out.hidden)?;
-        let mut next = logits.f_get(t - 1)?.f_argmax(-1, false)?.int64_value(&[]);
-        let mut tokens = Vec::with_capacity(max_new_tokens);
-        for step in 0..max_new_tokens as i64 {
-            tokens.push(next);
-            if stop.contains(&next) || tokens.len() == max_new_tokens {
-                break;
-            }
-            let ids = Tensor::from_slice(&[next]).f_to_device(self.device)?;
-            let pos = Tensor::from_slice(&[t + step]).f_to_device(self.device)?;
-            let out = self
-                .decoder
-                .forward(&self.decoder.embed(&ids)?, &pos, &mut ctx, append)?;
-            next = self
-                .decoder
-                .logits(&out.hidden)?
-                .f_get(0)?
-                .f_argmax(-1, false)?
-                .int64_value(&[]);
-        }
-        Ok((tokens, logits))
+        self.decoder.generate_greedy(embeds, max_new_tokens, stop)
     }
 
     /// Ids that end an answer: `eos_token_id` of the text config and `<|im_end|>`.
@@ -401,5 +364,84 @@ impl LlavaOnevision {
             }
         }
         stop
+    }
+}
+
+impl VideoLlm for LlavaOnevision {
+    fn family(&self) -> &'static str {
+        "llava_onevision"
+    }
+
+    fn summary(&self) -> ModelSummary {
+        LlavaOnevision::summary(self)
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn dtype(&self) -> Kind {
+        self.dtype
+    }
+
+    fn decoder(&self) -> &Qwen2 {
+        &self.decoder
+    }
+
+    fn frame_size(&self) -> (u32, u32) {
+        let (h, w) = self.preprocessor.size();
+        (h as u32, w as u32)
+    }
+
+    fn preprocess(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        self.preprocessor.process(frames)
+    }
+
+    fn encode_frames(&self, pixels: &Tensor) -> ModelResult<Tensor> {
+        LlavaOnevision::encode_frames(self, pixels)
+    }
+
+    fn tokens_per_frame(&self) -> i64 {
+        LlavaOnevision::tokens_per_frame(self)
+    }
+
+    fn sink_ids(&self) -> ModelResult<Vec<i64>> {
+        self.streaming_sinks()
+    }
+
+    /// A frame's chunk is its pooled embeddings alone.
+    fn frame_chunk(&self, embeds: &Tensor, _time: Duration) -> ModelResult<Tensor> {
+        Ok(embeds.shallow_clone())
+    }
+
+    fn question_chunk(&self, question: &str) -> ModelResult<Tensor> {
+        self.streaming_question(question)
+    }
+
+    fn stop_tokens(&self) -> Vec<i64> {
+        LlavaOnevision::stop_tokens(self)
+    }
+
+    fn detokenize(&self, ids: &[i64]) -> ModelResult<String> {
+        self.text.decode(ids, true)
+    }
+
+    fn max_positions(&self) -> i64 {
+        self.config.text_config.max_position_embeddings
+    }
+
+    /// LLaVA-OneVision's processor takes the frames as they are (no timestamps in the
+    /// prompt): `fps` does not change the prompt.
+    fn video_prompt(
+        &self,
+        frames: &Tensor,
+        _fps: f64,
+        prompt: &str,
+    ) -> ModelResult<(Vec<i64>, Tensor)> {
+        let pixels = self.preprocessor.process(frames)?;
+        let frame_embeddings = LlavaOnevision::encode_frames(self, &pixels)?;
+        let ids = self.video_prompt_ids(prompt, frames.size()[0])?;
+        let embeds = self.embed_with_video(&ids, &frame_embeddings)?;
+        Ok((ids, embeds))
     }
 }

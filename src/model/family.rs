@@ -1,0 +1,189 @@
+//! The seam between the engine and a Video-LLM family (mistral.rs's habit: a family is
+//! a folder behind one trait the engine uses). The engine, retrieval, the service and
+//! the CLI know a model only as a [`VideoLlm`]; [`crate::model::load`] picks the family
+//! from `config.json`'s `model_type`.
+//!
+//! What a family decides, and the engine follows:
+//! - frames: the size ingest should deliver, preprocessing to the tower's input, and
+//!   their encoding into visual embeddings ([`VideoLlm::encode_frames`]);
+//! - the streaming prompt: the sink ids (everything before the first frame, the same
+//!   for every question), one frame's chunk (its embeddings and whatever text the
+//!   family puts around a frame, such as SmolVLM's timestamp and image wrapper tokens),
+//!   the question's chunk (what follows the frames: the video's closing, the question,
+//!   the turn end, the assistant's opening), stop tokens and detokenising;
+//! - positions: where tokens sit for the rotary embedding ([`Positions`]: 1-D for the
+//!   families here; multi-axis M-RoPE for Qwen2.5-VL);
+//! - the decoder ([`crate::model::decoder::Llama`]: one Llama-family implementation
+//!   serves Qwen2 and SmolLM2/Llama), which runs chunks over an explicit
+//!   [`AttnContext`] and places stored keys (kept before rotary) at new positions.
+//!
+//! The one-shot prompt of a whole video as `transformers`' processor builds it
+//! ([`VideoLlm::video_prompt`]) is the parity check of every family
+//! (`vstreamd model run`); the streaming layout with every frame in its context is that
+//! prompt's token sequence, or the family documents where it differs.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::ModelResult;
+use crate::model::decoder::Llama;
+use crate::model::nn::context::{AttnContext, LayerKv};
+
+/// Rotary positions of a run of tokens: `[T]` (1-D) or `[axes, T]` (multi-axis, such
+/// as M-RoPE's temporal, height and width), int64, on the model's device. Dereferences
+/// to that tensor, which is what [`Llama::forward`] takes.
+#[derive(Debug)]
+pub struct Positions(Tensor);
+
+impl Positions {
+    /// `start..start + len` on one axis.
+    pub fn range(start: i64, len: i64, device: Device) -> ModelResult<Self> {
+        Ok(Self(Tensor::f_arange_start(
+            start,
+            start + len,
+            (Kind::Int64, device),
+        )?))
+    }
+
+    /// Positions given as a tensor: `[T]` or `[axes, T]`.
+    pub fn from_tensor(t: Tensor) -> Self {
+        Self(t)
+    }
+
+    /// Tokens covered (T).
+    pub fn len(&self) -> i64 {
+        self.0.size().last().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Deref for Positions {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+/// Figures `vstreamd model inspect` prints.
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub family: &'static str,
+    pub parameters: i64,
+    pub vision_layers: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub hidden_size: i64,
+    pub vocab_size: i64,
+    /// The tower's input side in pixels.
+    pub image_size: i64,
+    /// Visual embeddings per frame.
+    pub tokens_per_frame: i64,
+    /// Tokens of one frame's chunk in the streaming prompt (embeddings and any text
+    /// around them; the longest when it varies).
+    pub tokens_per_frame_chunk: i64,
+    pub max_position_embeddings: i64,
+    pub kv_bytes_per_token_fp16: i64,
+    pub dtype: String,
+    pub device: String,
+}
+
+/// A loaded Video-LLM as the engine uses it. Object safe: the daemon holds a
+/// `Box<dyn VideoLlm>`.
+pub trait VideoLlm: Send {
+    /// The family's name (`llava_onevision`, `smolvlm`).
+    fn family(&self) -> &'static str;
+    fn summary(&self) -> ModelSummary;
+    fn device(&self) -> Device;
+    fn dtype(&self) -> Kind;
+    /// The decoder, with its LM head.
+    fn decoder(&self) -> &Llama;
+
+    /// (height, width) frames should arrive at: the tower's input, so that
+    /// preprocessing has nothing to resize. Any other size is resized.
+    fn frame_size(&self) -> (u32, u32);
+    /// Frames one stored block holds (1 for every family here).
+    fn frames_per_block(&self) -> usize {
+        1
+    }
+    /// uint8 frames [N, 3, H, W] → the vision tower's input.
+    fn preprocess(&self, frames: &Tensor) -> ModelResult<Tensor>;
+    /// The tower's input [N, ...] → each frame's visual embeddings
+    /// [N, tokens_per_frame, hidden] in the model dtype.
+    fn encode_frames(&self, pixels: &Tensor) -> ModelResult<Tensor>;
+    /// Visual embeddings per frame.
+    fn tokens_per_frame(&self) -> i64;
+
+    /// Token ids before the first frame: the attention sinks of every stream, the same
+    /// for every question.
+    fn sink_ids(&self) -> ModelResult<Vec<i64>>;
+    /// One frame's chunk of the streaming prompt, as input embeddings
+    /// [chunk_tokens, hidden]: the frame's visual embeddings `embeds`
+    /// [tokens_per_frame, hidden] with whatever text the family puts around a frame;
+    /// `time` is the frame's stream time (what a timestamp shows).
+    fn frame_chunk(&self, embeds: &Tensor, time: Duration) -> ModelResult<Tensor>;
+    /// The question's chunk, as input embeddings [T, hidden]: what follows the frames
+    /// for `question` (the video's closing, the text, the turn end, the assistant's
+    /// opening).
+    fn question_chunk(&self, question: &str) -> ModelResult<Tensor>;
+    /// Ids that end an answer.
+    fn stop_tokens(&self) -> Vec<i64>;
+    /// Text of generated ids, special tokens skipped.
+    fn detokenize(&self, ids: &[i64]) -> ModelResult<String>;
+
+    /// Positions of `len` tokens that follow `start` tokens of the streaming layout.
+    fn positions(&self, start: i64, len: i64) -> ModelResult<Positions> {
+        Positions::range(start, len, self.device())
+    }
+    /// Positions the model was trained for (`max_position_embeddings`).
+    fn max_positions(&self) -> i64;
+
+    /// The prompt of one user turn holding one video of `frames` (uint8 [N, 3, H, W],
+    /// consecutive samples at `fps` frames per second) then `prompt`, with the
+    /// generation prompt, exactly as `transformers`' processor builds it: its token ids
+    /// and input embeddings [T, hidden].
+    fn video_prompt(
+        &self,
+        frames: &Tensor,
+        fps: f64,
+        prompt: &str,
+    ) -> ModelResult<(Vec<i64>, Tensor)>;
+}
+
+/// Any family's model, boxed for the engine (`Engine::start(model, ..)`).
+impl<M: VideoLlm + 'static> From<M> for Box<dyn VideoLlm> {
+    fn from(model: M) -> Self {
+        Box::new(model)
+    }
+}
+
+impl dyn VideoLlm + '_ {
+    /// Places stored layers' keys (before rotary) and values in `ctx` at `positions`.
+    pub fn place(
+        &self,
+        ctx: &mut AttnContext,
+        layers: &[LayerKv],
+        positions: &Positions,
+    ) -> ModelResult<()> {
+        ctx.push_layers(self.decoder().rotary(), layers, positions)
+    }
+
+    /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
+    /// fresh context: at most `max_new_tokens` tokens, stopping after a stop token.
+    /// Returns the new tokens and the prefill logits [T, vocab] (fp32).
+    pub fn generate_greedy(
+        &self,
+        embeds: &Tensor,
+        max_new_tokens: usize,
+    ) -> ModelResult<(Vec<i64>, Tensor)> {
+        self.decoder()
+            .generate_greedy(embeds, max_new_tokens, &self.stop_tokens())
+    }
+}
