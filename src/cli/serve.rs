@@ -36,6 +36,10 @@ pub struct CheckConfigArgs {
 pub fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     config.check_files()?;
+    if let Some(path) = &config.server.auth_tokens_file {
+        crate::serve::auth::Tokens::load(path)
+            .map_err(|e| anyhow::anyhow!("server.auth_tokens_file: {e}"))?;
+    }
     println!(
         "{}: OK ({} stream(s), gRPC on {}, metrics {}, auth {})",
         args.config.display(),

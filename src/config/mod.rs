@@ -483,9 +483,9 @@ impl Config {
         };
         must_read("model.path", &self.model.path.join("config.json"))?;
         if let Some(p) = &self.server.auth_tokens_file {
+            // Readable here; its contents are the server's to parse (`check-config`
+            // and the daemon's start do).
             must_read("server.auth_tokens_file", p)?;
-            crate::serve::auth::Tokens::load(p)
-                .map_err(|e| invalid("server.auth_tokens_file", e.to_string()))?;
         }
         if let Some(tls) = &self.server.tls {
             must_read("server.tls.cert", &tls.cert)?;

@@ -7,8 +7,14 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use super::convert::invalid;
 use crate::config::streams::MAX_DISK_MIB;
+use crate::metrics as names;
+
+/// INVALID_ARGUMENT, counted as a rejection.
+pub fn invalid(message: impl Into<String>) -> Status {
+    metrics::counter!(names::GRPC_REJECTED, "reason" => "invalid_argument").increment(1);
+    Status::invalid_argument(message)
+}
 
 /// Longest time a client may name (stream seconds, seconds ago): 100 years.
 pub const MAX_TIME_SECONDS: f64 = 3_155_760_000.0;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Status;
 
-use super::bounds::{self, AskBounds, MAX_DISK_BYTES, MAX_WALL_UNIX_MS};
+use super::bounds::{self, invalid, AskBounds, MAX_DISK_BYTES, MAX_WALL_UNIX_MS};
 use super::proto as pb;
 use crate::config::streams::MAX_AGE_SECONDS;
 use crate::config::{RtspTransportName, StreamEntry};
@@ -15,14 +15,7 @@ use crate::engine::{
 };
 use crate::error::{excerpt, EngineError, IngestError};
 use crate::kv::Quant;
-use crate::metrics as names;
 use crate::retrieval::{TimePoint, TimeRange};
-
-/// INVALID_ARGUMENT, counted.
-pub fn invalid(message: impl Into<String>) -> Status {
-    metrics::counter!(names::GRPC_REJECTED, "reason" => "invalid_argument").increment(1);
-    Status::invalid_argument(message)
-}
 
 /// The status an engine error answers with. Internal errors (the daemon's fault) are
 /// INTERNAL, never a client rejection; they were logged and counted by the engine.

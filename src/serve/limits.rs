@@ -103,9 +103,9 @@ pub fn deadline(metadata: &MetadataMap, max: Duration) -> Result<Duration, Statu
     };
     let text = value
         .to_str()
-        .map_err(|_| super::convert::invalid("grpc-timeout is not ASCII"))?;
+        .map_err(|_| super::bounds::invalid("grpc-timeout is not ASCII"))?;
     parse_grpc_timeout(text).map(|d| d.min(max)).ok_or_else(|| {
-        super::convert::invalid(format!(
+        super::bounds::invalid(format!(
             "bad grpc-timeout `{}`",
             crate::error::excerpt(text)
         ))

@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! - [`proto`]: generated code and the descriptor set for reflection.
-//! - [`service`]: the `VideoStreams` handlers; [`watch`]: standing questions.
+//! - [`service`]: the `VideoStreams` handlers; [`watch`]: standing questions;
+//!   [`forward`]: an engine answer onto a client's stream.
 //! - [`convert`]: wire ↔ engine types, errors → status codes; [`bounds`]: the bound of
 //!   every number and string a client sends; [`codec`]: malformed bodies refused.
 //! - [`registry`]: config and API streams, persisted, reloaded.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod bounds;
 pub mod codec;
 pub mod convert;
+pub mod forward;
 pub mod limits;
 pub mod proto;
 pub mod registry;

@@ -106,7 +106,7 @@ impl Registry {
     ) -> Result<StreamInfo, Status> {
         let spec = entry
             .to_spec(&self.config, self.model_size)
-            .map_err(|e| convert::invalid(e.to_string()))?;
+            .map_err(|e| super::bounds::invalid(e.to_string()))?;
         let info = engine
             .add_stream(spec)
             .recv()

@@ -12,8 +12,8 @@ use tonic::Status;
 
 use super::bounds::MAX_POSITIVE_BYTES;
 use super::convert;
+use super::forward::{forward, Forwarded};
 use super::proto as pb;
-use super::service::{forward, Forwarded};
 use crate::engine::{AskMode, AskRequest, Engine};
 use crate::metrics as names;
 
@@ -49,12 +49,14 @@ impl WatchParams {
         {
             Duration::from_secs_f64(r.interval_seconds)
         } else {
-            return Err(convert::invalid(
+            return Err(super::bounds::invalid(
                 "interval_seconds must be in [0.1, 86400] (0: 5)",
             ));
         };
         if !(r.cooldown_seconds.is_finite() && (0.0..=86_400.0).contains(&r.cooldown_seconds)) {
-            return Err(convert::invalid("cooldown_seconds must be in [0, 86400]"));
+            return Err(super::bounds::invalid(
+                "cooldown_seconds must be in [0, 86400]",
+            ));
         }
         let positive = if r.positive.trim().is_empty() {
             "yes".to_owned()
@@ -62,7 +64,7 @@ impl WatchParams {
             r.positive.trim().to_lowercase()
         };
         if positive.len() > MAX_POSITIVE_BYTES || positive.split_whitespace().count() != 1 {
-            return Err(convert::invalid(format!(
+            return Err(super::bounds::invalid(format!(
                 "positive must be one word of at most {MAX_POSITIVE_BYTES} bytes"
             )));
         }
