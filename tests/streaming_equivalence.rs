@@ -666,3 +666,67 @@ fn batched_decode_steps_equal_single_steps() {
         assert!(dec.decode_batch(&tokens, &lengths, &mut one).is_err());
     }
 }
+
+/// Layers holding blocks of different lengths (`push_layers_ragged`): each layer holds
+/// its own tokens rotated to the positions that follow the context, as `push_layers`
+/// would place them alone, and the context grows by the longest.
+#[test]
+fn ragged_layers_each_hold_their_own_tokens_at_the_following_positions() {
+    let _g = tch::no_grad_guard();
+    for name in CHECKPOINTS {
+        let model = load(name, Precision::F32);
+        let (_, embeds) = prompt_embeddings(&model, &frames(name, "frames"));
+        let (_, _, kv) = one_shot(&model, &embeds);
+        let dec = model.decoder();
+        let head = kv.narrow(0, 5).unwrap();
+        let lengths: Vec<i64> = (0..dec.num_layers() as i64).map(|l| 3 + 2 * l).collect();
+        let per_layer: Vec<LayerKv> = kv
+            .layers
+            .iter()
+            .zip(&lengths)
+            .map(|(layer, &t)| LayerKv {
+                keys: layer.keys.narrow(1, 7, t),
+                values: layer.values.narrow(1, 7, t),
+            })
+            .collect();
+        let mut ragged = AttnContext::new(dec.num_layers());
+        ragged
+            .push_segment(dec.rotary(), &head, &positions(0, 5))
+            .unwrap();
+        let pos: Vec<Tensor> = lengths.iter().map(|&t| positions(5, t)).collect();
+        ragged
+            .push_layers_ragged(dec.rotary(), &per_layer, &pos)
+            .unwrap();
+        assert_eq!(ragged.len(), 5 + lengths.iter().max().unwrap());
+        for (l, &t) in lengths.iter().enumerate() {
+            // Layer l alone, as push_layers places t tokens in every layer.
+            let same: Vec<LayerKv> = kv
+                .layers
+                .iter()
+                .map(|layer| LayerKv {
+                    keys: layer.keys.narrow(1, 7, t),
+                    values: layer.values.narrow(1, 7, t),
+                })
+                .collect();
+            let mut alone = AttnContext::new(dec.num_layers());
+            alone
+                .push_segment(dec.rotary(), &head, &positions(0, 5))
+                .unwrap();
+            alone
+                .push_layers(dec.rotary(), &same, &positions(5, t))
+                .unwrap();
+            assert_eq!(
+                max_abs_diff(ragged.keys(l).unwrap(), alone.keys(l).unwrap()),
+                0.0
+            );
+            assert_eq!(
+                max_abs_diff(ragged.values(l).unwrap(), alone.values(l).unwrap()),
+                0.0
+            );
+        }
+        let short: Vec<Tensor> = (0..dec.num_layers()).map(|_| positions(5, 1)).collect();
+        assert!(ragged
+            .push_layers_ragged(dec.rotary(), &per_layer, &short)
+            .is_err());
+    }
+}

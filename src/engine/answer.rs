@@ -267,8 +267,14 @@ pub fn prepare(
             });
         }
         let t = per_layer[0].keys.size()[1];
-        let at = model.positions(ctx.len(), t)?;
-        model.place(&mut ctx, &per_layer, &at)?;
+        if per_layer.iter().all(|kv| kv.keys.size()[1] == t) {
+            let at = model.positions(ctx.len(), t)?;
+            model.place(&mut ctx, &per_layer, &at)?;
+        } else {
+            // Blocks of different lengths in different layers (a family whose chunks
+            // vary): each layer placed at its own positions.
+            model.place_ragged(&mut ctx, &per_layer)?;
+        }
     }
     if !recent.is_empty() {
         let parts: Vec<&crate::model::KvSegment> = recent.iter().map(|f| &f.kv).collect();

@@ -175,6 +175,21 @@ impl dyn VideoLlm + '_ {
         ctx.push_layers(self.decoder().rotary(), layers, positions)
     }
 
+    /// Places each layer's own stored keys and values, of lengths that may differ
+    /// between layers, each at the positions following `ctx`
+    /// ([`AttnContext::push_layers_ragged`]).
+    pub fn place_ragged(&self, ctx: &mut AttnContext, layers: &[LayerKv]) -> ModelResult<()> {
+        let start = ctx.len();
+        let positions = layers
+            .iter()
+            .map(|kv| {
+                let t = kv.keys.size().get(1).copied().unwrap_or(0);
+                Ok(self.positions(start, t)?.shallow_clone())
+            })
+            .collect::<ModelResult<Vec<Tensor>>>()?;
+        ctx.push_layers_ragged(self.decoder().rotary(), layers, &positions)
+    }
+
     /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
     /// fresh context: at most `max_new_tokens` tokens, stopping after a stop token.
     /// Returns the new tokens and the prefill logits [T, vocab] (fp32).

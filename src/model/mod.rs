@@ -13,7 +13,7 @@
 //!   Llama/SmolLM2).
 //! - [`config`]: what every family's config shares; [`text`]: tokenizer, chat
 //!   templates; [`preprocess`]: frames → pixel values (resize, rescale, normalise).
-//! - one folder per family: [`llava_onevision`].
+//! - one folder per family: [`llava_onevision`], [`smolvlm`].
 
 pub mod config;
 pub mod decoder;
@@ -21,6 +21,7 @@ pub mod family;
 pub mod llava_onevision;
 pub mod nn;
 pub mod preprocess;
+pub mod smolvlm;
 pub mod text;
 pub mod vision;
 
@@ -34,9 +35,10 @@ pub use decoder::{ChunkOutput, ForwardOptions, Llama};
 pub use family::{ModelSummary, Positions, VideoLlm};
 pub use llava_onevision::LlavaOnevision;
 pub use nn::context::{AttnContext, KvSegment, LayerKv};
+pub use smolvlm::SmolVlm;
 
 /// Loads the checkpoint in `dir` with the family its `config.json` names
-/// (`model_type`): `llava_onevision`.
+/// (`model_type`): `llava_onevision`, `smolvlm`.
 pub fn load(dir: &std::path::Path, opts: ModelOptions) -> ModelResult<Box<dyn VideoLlm>> {
     #[derive(serde::Deserialize)]
     struct Head {
@@ -52,8 +54,9 @@ pub fn load(dir: &std::path::Path, opts: ModelOptions) -> ModelResult<Box<dyn Vi
     let head: Head = config::read_json(&path)?;
     match head.model_type.as_deref() {
         Some("llava_onevision") => Ok(Box::new(LlavaOnevision::load(dir, opts)?)),
+        Some("smolvlm") => Ok(Box::new(smolvlm::SmolVlm::load(dir, opts)?)),
         Some(other) => Err(ModelError::Unsupported(format!(
-            "model_type `{other}` (families: llava_onevision)"
+            "model_type `{other}` (families: llava_onevision, smolvlm)"
         ))),
         None => Err(ModelError::InvalidConfig(format!(
             "{} has no model_type",

@@ -14,19 +14,44 @@ use crate::error::{ModelError, ModelResult};
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// Roles `tokenizer_config.json` may name tokens for (Idefics3/SmolVLM tokenizers).
+const NAMED_TOKENS: [&str; 5] = [
+    "image_token",
+    "fake_image_token",
+    "global_image_token",
+    "end_of_utterance_token",
+    "video_token",
+];
+
 /// Tokenizer, chat template and special tokens of one checkpoint.
 pub struct TextProcessor {
     tokenizer: Tokenizer,
-    /// Compiled chat template; `generation` markers already stripped.
-    env: Environment<'static>,
+    /// Compiled chat template, `generation` markers already stripped; `None` for a
+    /// family that templates videos itself and whose checkpoint ships none.
+    env: Option<Environment<'static>>,
     bos_token: String,
     eos_token: String,
+    /// Tokens `tokenizer_config.json` names by role (see [`NAMED_TOKENS`]).
+    named_tokens: Vec<(&'static str, String)>,
     /// Id of the video placeholder token (`video_token_index`).
     video_token_id: i64,
 }
 
 impl TextProcessor {
+    /// The tokenizer and the checkpoint's chat template, which must exist.
     pub fn load(dir: &Path, video_token_id: i64) -> ModelResult<Self> {
+        let text = Self::load_optional_template(dir, video_token_id)?;
+        if text.env.is_none() {
+            return Err(ModelError::MissingFile {
+                dir: dir.to_owned(),
+                what: "chat template (chat_template.jinja, chat_template.json or tokenizer_config.json)",
+            });
+        }
+        Ok(text)
+    }
+
+    /// The tokenizer, and the chat template if the checkpoint has one.
+    pub fn load_optional_template(dir: &Path, video_token_id: i64) -> ModelResult<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(ModelError::MissingFile {
@@ -55,21 +80,38 @@ impl TextProcessor {
                 _ => String::new(),
             }
         };
-        let source = find_chat_template(dir, &tokenizer_config)?;
-        let mut env = Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template_owned(TEMPLATE_NAME, strip_generation_markers(&source))
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+        let env = match find_chat_template(dir, &tokenizer_config)? {
+            None => None,
+            Some(source) => {
+                let mut env = Environment::new();
+                env.set_unknown_method_callback(
+                    minijinja_contrib::pycompat::unknown_method_callback,
+                );
+                env.add_function(
+                    "raise_exception",
+                    |msg: String| -> Result<String, minijinja::Error> {
+                        Err(minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            msg,
+                        ))
+                    },
+                );
+                env.add_template_owned(TEMPLATE_NAME, strip_generation_markers(&source))
+                    .map_err(|e| ModelError::Template(e.to_string()))?;
+                Some(env)
+            }
+        };
+        let config_token = |key: &str| {
+            tokenizer_config
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         Ok(Self {
+            named_tokens: NAMED_TOKENS
+                .iter()
+                .filter_map(|k| Some((*k, config_token(k)?)))
+                .collect(),
             tokenizer,
             env,
             bos_token: special("bos_token"),
@@ -81,8 +123,11 @@ impl TextProcessor {
     /// Renders the chat template over `messages` (the `transformers` message format:
     /// `{"role", "content": [{"type": "video"} | {"type": "text", "text"}]}`).
     pub fn render(&self, messages: &Value, add_generation_prompt: bool) -> ModelResult<String> {
-        let template = self
+        let env = self
             .env
+            .as_ref()
+            .ok_or_else(|| ModelError::Template("the checkpoint has no chat template".into()))?;
+        let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ModelError::Template(e.to_string()))?;
         template
@@ -105,13 +150,32 @@ impl TextProcessor {
         self.render(&messages, true)
     }
 
-    /// Token ids of `text` (special tokens written in the text are recognised).
+    /// Token ids of `text` (special tokens written in the text are recognised), with
+    /// the tokenizer's own added tokens (a BOS) as a whole prompt gets them.
     pub fn encode(&self, text: &str) -> ModelResult<Vec<i64>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of a piece of a prompt: no added tokens.
+    pub fn encode_piece(&self, text: &str) -> ModelResult<Vec<i64>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool) -> ModelResult<Vec<i64>> {
         let encoding = self
             .tokenizer
-            .encode(text, true)
+            .encode(text, add_special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
+    }
+
+    /// A token `tokenizer_config.json` names under `key` (`image_token`,
+    /// `fake_image_token`, …), else `default`.
+    pub fn named_token<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.named_tokens
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(default, |(_, v)| v.as_str())
     }
 
     /// Replaces each video placeholder with `video_tokens` copies of it, as the
@@ -157,20 +221,22 @@ impl TextProcessor {
 /// `chat_template.jinja` (transformers 5), `chat_template.json` (processors), or the
 /// `chat_template` entry of `tokenizer_config.json` (a string, or a list of named
 /// templates of which `default` is taken).
-fn find_chat_template(dir: &Path, tokenizer_config: &Value) -> ModelResult<String> {
+fn find_chat_template(dir: &Path, tokenizer_config: &Value) -> ModelResult<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.exists() {
-        return std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e));
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| ModelError::io(&jinja, e));
     }
     let json = dir.join("chat_template.json");
     if json.exists() {
         let value: Value = crate::model::config::read_json(&json)?;
         if let Some(t) = value.get("chat_template").and_then(Value::as_str) {
-            return Ok(t.to_owned());
+            return Ok(Some(t.to_owned()));
         }
     }
     match tokenizer_config.get("chat_template") {
-        Some(Value::String(t)) => return Ok(t.clone()),
+        Some(Value::String(t)) => return Ok(Some(t.clone())),
         Some(Value::Array(list)) => {
             let named = list
                 .iter()
@@ -179,15 +245,12 @@ fn find_chat_template(dir: &Path, tokenizer_config: &Value) -> ModelResult<Strin
                 .and_then(|t| t.get("template"))
                 .and_then(Value::as_str)
             {
-                return Ok(t.to_owned());
+                return Ok(Some(t.to_owned()));
             }
         }
         _ => {}
     }
-    Err(ModelError::MissingFile {
-        dir: dir.to_owned(),
-        what: "chat template (chat_template.jinja, chat_template.json or tokenizer_config.json)",
-    })
+    Ok(None)
 }
 
 /// `{% generation %}` / `{% endgeneration %}` are a `transformers` extension marking

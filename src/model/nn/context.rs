@@ -220,6 +220,55 @@ impl AttnContext {
         Ok(())
     }
 
+    /// Appends a different number of tokens to each layer (per-layer retrieval of blocks
+    /// whose lengths differ, such as SmolVLM frames whose timestamps gained a digit):
+    /// layer l's keys before rotary are rotated to `positions[l]` ([T_l] each, following
+    /// the context) and appended; the length grows by the longest T_l, so a shorter
+    /// layer leaves a gap of unused positions before what comes next (rotary attention
+    /// depends on differences of positions only; the gap is a few positions).
+    pub fn push_layers_ragged(
+        &mut self,
+        rotary: &Rotary,
+        per_layer: &[LayerKv],
+        positions: &[Tensor],
+    ) -> ModelResult<()> {
+        if per_layer.len() != self.layers.len() || positions.len() != per_layer.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} layers of KV and {} of positions given, context has {}",
+                per_layer.len(),
+                positions.len(),
+                self.layers.len()
+            )));
+        }
+        let mut rotated = Vec::with_capacity(per_layer.len());
+        let mut longest = 0;
+        for (l, (kv, pos)) in per_layer.iter().zip(positions).enumerate() {
+            let t = kv.keys.size().get(1).copied().unwrap_or(0);
+            if kv.keys.size().len() != 3 || kv.values.size() != kv.keys.size() || pos.size() != [t]
+            {
+                return Err(ModelError::InvalidInput(format!(
+                    "layer {l}: keys {:?}, values {:?} and positions {:?} do not agree",
+                    kv.keys.size(),
+                    kv.values.size(),
+                    pos.size()
+                )));
+            }
+            longest = longest.max(t);
+            let (cos, sin) = rotary.cos_sin(pos, kv.keys.kind())?;
+            rotated.push((
+                apply_rotary(&kv.keys, &cos, &sin)?.f_unsqueeze(0)?,
+                kv.values.f_unsqueeze(0)?,
+            ));
+        }
+        for (slot, (keys, values)) in self.layers.iter_mut().zip(rotated) {
+            if keys.size()[2] > 0 {
+                append(slot, keys, values)?;
+            }
+        }
+        self.len += longest;
+        Ok(())
+    }
+
     /// Appends one layer's already-rotated keys and values ([1, kv_heads, T, d]);
     /// the caller adds T to the length once all layers are done.
     pub(crate) fn append_layer(

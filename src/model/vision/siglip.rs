@@ -5,7 +5,10 @@
 //!
 //! LLaVA-OneVision takes the hidden states of a configured layer (index into
 //! [embeddings, layer 1 .. layer L], before `post_layernorm`), so only the layers up to
-//! the deepest requested one run, and the pooling head is never used.
+//! the deepest requested one run, and the pooling head is never used. SmolVLM's tower
+//! (`SmolVLMVisionTransformer`, Idefics3's) is the same network on square frames —
+//! its bucketised position ids of a full frame are 0..g² — with `post_layernorm`
+//! applied to the last layer ([`SiglipVisionTower::load_last_normed`]).
 //! In: pixels [N, 3, S, S] in the model dtype. Out: [N, (S/patch)², hidden · #layers].
 
 use serde::Deserialize;
@@ -134,6 +137,8 @@ pub struct SiglipVisionTower {
     layers: Vec<EncoderLayer>,
     /// Indices into [embeddings, layer 1, ..., layer L], non-negative.
     feature_layers: Vec<usize>,
+    /// Applied to the features when set (the last layer's only).
+    post_layernorm: Option<LayerNorm>,
     act: Activation,
     patch: i64,
     heads: i64,
@@ -189,6 +194,7 @@ impl SiglipVisionTower {
             position_embedding,
             layers,
             feature_layers,
+            post_layernorm: None,
             act,
             patch: cfg.patch_size,
             heads: cfg.num_attention_heads,
@@ -196,10 +202,24 @@ impl SiglipVisionTower {
         })
     }
 
+    /// Every layer, then `post_layernorm`: the last hidden state as SmolVLM's (and
+    /// `SiglipVisionModel`'s) `last_hidden_state`.
+    pub fn load_last_normed(vb: &Scope, cfg: &SiglipVisionConfig) -> ModelResult<Self> {
+        let mut tower = Self::load(vb, cfg, &[-1])?;
+        tower.post_layernorm = Some(
+            vb.pp("post_layernorm")
+                .layer_norm(cfg.hidden_size, cfg.layer_norm_eps)?,
+        );
+        Ok(tower)
+    }
+
     /// Checkpoint tensors under `vb` this tower never reads: encoder layers past the
-    /// deepest feature layer, `post_layernorm`, the pooling `head`.
+    /// deepest feature layer, `post_layernorm` unless used, the pooling `head`.
     pub fn unused_prefixes(&self, vb: &Scope, num_layers: i64) -> Vec<String> {
-        let mut out = vec![vb.name("post_layernorm."), vb.name("head.")];
+        let mut out = vec![vb.name("head.")];
+        if self.post_layernorm.is_none() {
+            out.push(vb.name("post_layernorm."));
+        }
         for i in self.layers.len() as i64..num_layers {
             out.push(vb.pp("encoder").pp("layers").pp(i).name(""));
         }
@@ -236,10 +256,14 @@ impl SiglipVisionTower {
             take(&mut selected, i + 1, &x);
         }
         let mut parts: Vec<Tensor> = selected.into_iter().flatten().collect();
-        match parts.len() {
-            1 => Ok(parts.remove(0)),
-            _ => Ok(Tensor::f_cat(&parts, -1)?),
-        }
+        let features = match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::f_cat(&parts, -1)?,
+        };
+        Ok(match &self.post_layernorm {
+            Some(norm) => norm.forward(&features),
+            None => features,
+        })
     }
 
     fn layer_forward(&self, l: &EncoderLayer, x: &Tensor, n: i64) -> ModelResult<Tensor> {

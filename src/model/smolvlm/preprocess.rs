@@ -1,0 +1,135 @@
+//! Frames → pixel values as `SmolVLMVideoProcessor` (transformers 5, torchvision
+//! backend) makes them for a video — never split into tiles: each uint8 frame is
+//! resized so that its longest edge is the configured one (aspect kept, the other side
+//! truncated and rounded up to even), then to the square `max_image_size`, both with
+//! antialiased Lanczos-3 (libtorch's native uint8 kernel on the CPU, as torchvision
+//! uses; a resize to the size a frame already has is skipped), then rescaled and
+//! normalised in fp32 as one fused `(x − mean/r) / (std/r)`.
+//! In: [N, 3, H, W] uint8 (any device). Out: [N, 3, S, S] fp32 on the model's device.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::{Resample, VideoProcessing};
+use crate::error::{ModelError, ModelResult};
+
+/// The longest edge torchvision's resize allows (`MAX_IMAGE_SIZE`).
+const MAX_IMAGE_SIZE: i64 = 4096;
+
+#[derive(Debug)]
+pub struct SmolVlmPreprocessor {
+    settings: VideoProcessing,
+    /// Per-channel offset and divisor, [1, 3, 1, 1] fp32, with the rescale folded in.
+    mean: Tensor,
+    std: Tensor,
+    device: Device,
+}
+
+/// `get_resize_output_image_size`: the longest edge to `longest`, the other side by the
+/// aspect ratio, truncated, then rounded up to even.
+pub fn longest_edge_size(height: i64, width: i64, longest: i64) -> (i64, i64) {
+    let longest = longest.min(MAX_IMAGE_SIZE);
+    let aspect = width as f64 / height as f64;
+    let even = |x: i64| if x % 2 != 0 { x + 1 } else { x };
+    let (h, w) = if width >= height {
+        (even((longest as f64 / aspect) as i64), longest)
+    } else {
+        (longest, even((longest as f64 * aspect) as i64))
+    };
+    (h.max(1), w.max(1))
+}
+
+impl SmolVlmPreprocessor {
+    pub fn new(settings: VideoProcessing, device: Device) -> ModelResult<Self> {
+        if settings.image_mean.len() != 3 || settings.image_std.len() != 3 {
+            return Err(ModelError::InvalidConfig(
+                "image_mean and image_std need 3 values".into(),
+            ));
+        }
+        let (mut mean, mut std) = (settings.image_mean.clone(), settings.image_std.clone());
+        if !settings.do_normalize {
+            mean = vec![0.0; 3];
+            std = vec![1.0; 3];
+        }
+        let scale = if settings.do_rescale {
+            settings.rescale_factor
+        } else {
+            1.0
+        };
+        let folded = |v: &[f64]| -> ModelResult<Tensor> {
+            let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
+            Ok(Tensor::from_slice(&v).f_view([1, 3, 1, 1])?)
+        };
+        Ok(Self {
+            mean: folded(&mean)?,
+            std: folded(&std)?,
+            settings,
+            device,
+        })
+    }
+
+    /// The square side frames end at.
+    pub fn side(&self) -> i64 {
+        self.settings.max_image_size
+    }
+
+    fn resize(&self, frames: &Tensor, height: i64, width: i64) -> ModelResult<Tensor> {
+        let dims = frames.size();
+        if (dims[2], dims[3]) == (height, width) {
+            return Ok(frames.shallow_clone());
+        }
+        let size = [height, width];
+        Ok(match self.settings.resample {
+            Resample::Lanczos => {
+                frames.f_internal_upsample_lanczos2d_aa(size, false, None, None)?
+            }
+            Resample::Bicubic => {
+                frames.f_internal_upsample_bicubic2d_aa(size, false, None, None)?
+            }
+            Resample::Bilinear => {
+                frames.f_internal_upsample_bilinear2d_aa(size, false, None, None)?
+            }
+        })
+    }
+
+    /// Pixel values for frames [N, 3, H, W] uint8.
+    pub fn process(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        let dims = frames.size();
+        if dims.len() != 4 || dims[1] != 3 || frames.kind() != Kind::Uint8 {
+            return Err(ModelError::InvalidInput(format!(
+                "frames must be uint8 [N, 3, H, W], got {:?} {:?}",
+                frames.kind(),
+                dims
+            )));
+        }
+        // torchvision resizes uint8 with libtorch's native kernels on the CPU only.
+        let mut x = frames.f_to_device(Device::Cpu)?.f_contiguous()?;
+        if self.settings.do_resize {
+            let (h, w) = match (self.settings.longest_edge, self.settings.size) {
+                (Some(edge), _) => longest_edge_size(dims[2], dims[3], edge),
+                (None, Some(hw)) => hw,
+                (None, None) => (dims[2], dims[3]),
+            };
+            x = self.resize(&x, h, w)?;
+            let side = self.settings.max_image_size;
+            x = self.resize(&x, side, side)?;
+        }
+        let x = x
+            .f_to_kind(Kind::Float)?
+            .f_sub(&self.mean)?
+            .f_div(&self.std)?;
+        Ok(x.f_to_device(self.device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_edge_size;
+
+    #[test]
+    fn longest_edge_keeps_aspect_and_rounds_up_to_even() {
+        assert_eq!(longest_edge_size(40, 56, 64), (46, 64)); // 64 / 1.4 = 45.7 → 45 → 46
+        assert_eq!(longest_edge_size(50, 38, 54), (54, 42)); // 54 · 0.76 = 41.04 → 41 → 42
+        assert_eq!(longest_edge_size(512, 512, 2048), (2048, 2048));
+        assert_eq!(longest_edge_size(10, 20_000, 9_999), (2, 4096));
+    }
+}
