@@ -117,6 +117,9 @@ fn below_thousand(n: u64) -> String {
 /// thousands joined by `, `, except a last group below a hundred, joined by ` and `
 /// (`one thousand, two hundred and thirty-four`; `one thousand and one`).
 pub fn number_words(n: u64) -> String {
+    if n == 0 {
+        return ONES[0].to_owned();
+    }
     if n < 1000 {
         return below_thousand(n);
     }
