@@ -111,9 +111,77 @@ pub struct FramePreprocessor {
     width: i64,
     resize: bool,
     bicubic: bool,
+    normalisation: Normalisation,
+}
+
+/// Rescale and per-channel normalisation folded into one offset and one divisor,
+/// `(x·r − mean) / std = (x − mean/r) / (std/r)`, as `transformers`' fast processors
+/// fuse them (the same rounding as theirs, so pixel values match bit for bit).
+#[derive(Debug)]
+pub struct Normalisation {
     /// Per-channel offset and divisor, [1, 3, 1, 1] fp32, with the rescale folded in.
     mean: Tensor,
     std: Tensor,
+}
+
+impl Normalisation {
+    /// `rescale`: the factor when `do_rescale`; `None` leaves values in 0..=255.
+    /// Without `do_normalize` only the rescale is applied.
+    pub fn new(
+        mean: &[f64],
+        std: &[f64],
+        do_normalize: bool,
+        rescale: Option<f64>,
+        device: Device,
+    ) -> ModelResult<Self> {
+        if mean.len() != 3 || std.len() != 3 {
+            return Err(ModelError::InvalidConfig(
+                "image_mean and image_std need 3 values".into(),
+            ));
+        }
+        let (mean, std) = if do_normalize {
+            (mean.to_vec(), std.to_vec())
+        } else {
+            (vec![0.0; 3], vec![1.0; 3])
+        };
+        let scale = rescale.unwrap_or(1.0);
+        let folded = |v: &[f64]| -> ModelResult<Tensor> {
+            let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
+            Ok(Tensor::from_slice(&v)
+                .f_view([1, 3, 1, 1])?
+                .f_to_device(device)?)
+        };
+        Ok(Self {
+            mean: folded(&mean)?,
+            std: folded(&std)?,
+        })
+    }
+
+    /// The device the offsets live on (where [`Normalisation::apply`] runs).
+    pub fn device(&self) -> Device {
+        self.mean.device()
+    }
+
+    /// uint8 (or any) [N, 3, H, W] on [`Normalisation::device`] → fp32 pixel values.
+    pub fn apply(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        Ok(frames
+            .f_to_kind(Kind::Float)?
+            .f_sub(&self.mean)?
+            .f_div(&self.std)?)
+    }
+}
+
+/// Frames a preprocessor takes: uint8 [N, 3, H, W].
+pub fn check_frames(frames: &Tensor) -> ModelResult<()> {
+    let dims = frames.size();
+    if dims.len() != 4 || dims[1] != 3 || frames.kind() != Kind::Uint8 {
+        return Err(ModelError::InvalidInput(format!(
+            "frames must be uint8 [N, 3, H, W], got {:?} {:?}",
+            frames.kind(),
+            dims
+        )));
+    }
+    Ok(())
 }
 
 impl FramePreprocessor {
@@ -128,11 +196,6 @@ impl FramePreprocessor {
                 "video preprocessor size {height}x{width} differs from the vision tower's {tower_size}x{tower_size}"
             )));
         }
-        if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
-            return Err(ModelError::InvalidConfig(
-                "image_mean and image_std need 3 values".into(),
-            ));
-        }
         let bicubic = match cfg.resample {
             3 => true,
             2 => false,
@@ -142,29 +205,19 @@ impl FramePreprocessor {
                 )))
             }
         };
-        let (mut mean, mut std) = (cfg.image_mean.clone(), cfg.image_std.clone());
-        if !cfg.do_normalize {
-            mean = vec![0.0; 3];
-            std = vec![1.0; 3];
-        }
-        let scale = if cfg.do_rescale {
-            cfg.rescale_factor
-        } else {
-            1.0
-        };
-        let folded = |v: &[f64]| -> ModelResult<Tensor> {
-            let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
-            Ok(Tensor::from_slice(&v)
-                .f_view([1, 3, 1, 1])?
-                .f_to_device(device)?)
-        };
+        let normalisation = Normalisation::new(
+            &cfg.image_mean,
+            &cfg.image_std,
+            cfg.do_normalize,
+            cfg.do_rescale.then_some(cfg.rescale_factor),
+            device,
+        )?;
         Ok(Self {
             height,
             width,
             resize: cfg.do_resize,
             bicubic,
-            mean: folded(&mean)?,
-            std: folded(&std)?,
+            normalisation,
         })
     }
 
@@ -194,22 +247,15 @@ impl FramePreprocessor {
 
     /// Pixel values for frames [N, 3, H, W] uint8.
     pub fn process(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        check_frames(frames)?;
         let dims = frames.size();
-        if dims.len() != 4 || dims[1] != 3 || frames.kind() != Kind::Uint8 {
-            return Err(ModelError::InvalidInput(format!(
-                "frames must be uint8 [N, 3, H, W], got {:?} {:?}",
-                frames.kind(),
-                dims
-            )));
-        }
-        let frames = frames.f_to_device(self.mean.device())?;
+        let frames = frames.f_to_device(self.normalisation.device())?;
         let x = if self.resize && (dims[2], dims[3]) != (self.height, self.width) {
             self.resize(&frames)?
         } else {
             frames
         };
-        let x = x.f_to_kind(Kind::Float)?;
-        Ok(x.f_sub(&self.mean)?.f_div(&self.std)?)
+        self.normalisation.apply(&x)
     }
 }
 

@@ -245,6 +245,13 @@ impl Mlp {
     }
 }
 
+/// One layer's attention inputs, [B, heads, T, head_dim] each, before rotary.
+struct Projected {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
 #[derive(Debug)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
@@ -261,6 +268,19 @@ impl DecoderLayer {
             .forward(h)
             .f_view([b, t, heads, head_dim])?
             .f_transpose(1, 2)?)
+    }
+
+    /// The layer's attention inputs for the residual stream `x` [B, T, hidden]: the
+    /// input norm, then q, k, v split into heads, before rotary.
+    fn project(&self, x: &Tensor, heads: (i64, i64), head_dim: i64) -> ModelResult<Projected> {
+        let h = self.input_layernorm.forward(x)?;
+        let attn = &self.self_attn;
+        let (num_heads, kv_heads) = heads;
+        Ok(Projected {
+            q: Self::heads(&attn.q_proj, &h, num_heads, head_dim)?,
+            k: Self::heads(&attn.k_proj, &h, kv_heads, head_dim)?,
+            v: Self::heads(&attn.v_proj, &h, kv_heads, head_dim)?,
+        })
     }
 
     /// The rest of the layer after attention: `out` [B, heads, T, head_dim] through
@@ -317,6 +337,8 @@ pub struct Llama {
     num_heads: i64,
     kv_heads: i64,
     head_dim: i64,
+    /// The configuration the weights were loaded with (validated by the family).
+    config: LlamaConfig,
 }
 
 /// The former name of [`Llama`], which LLaVA-OneVision's code and callers use.
@@ -392,7 +414,18 @@ impl Llama {
             num_heads: nh,
             kv_heads: kvh,
             head_dim: hd,
+            config: cfg.clone(),
         })
+    }
+
+    /// The configuration it was loaded with.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// (query heads, key/value heads).
+    fn heads(&self) -> (i64, i64) {
+        (self.num_heads, self.kv_heads)
     }
 
     pub fn num_layers(&self) -> usize {
@@ -465,17 +498,15 @@ impl Llama {
         let mut kv_out = Vec::new();
         let mut queries = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x)?;
-            let attn = &layer.self_attn;
-            let split =
-                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
-            let q_raw = split(&attn.q_proj, self.num_heads)?;
+            let Projected {
+                q: q_raw,
+                k: k_raw,
+                v,
+            } = layer.project(&x, self.heads(), self.head_dim)?;
             if opts.return_queries {
                 queries.push(self.grouped_query(&q_raw)?);
             }
             let q = apply_rotary(&q_raw, &cos, &sin)?;
-            let k_raw = split(&attn.k_proj, self.kv_heads)?;
-            let v = split(&attn.v_proj, self.kv_heads)?;
             let k = apply_rotary(&k_raw, &cos, &sin)?;
             if opts.return_kv {
                 kv_out.push(LayerKv {
@@ -564,13 +595,10 @@ impl Llama {
         let gqa = self.kv_heads != self.num_heads;
         let mut x = embeds.f_unsqueeze(0)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x)?;
-            let attn = &layer.self_attn;
-            let split =
-                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
-            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
-            let k = apply_rotary(&split(&attn.k_proj, self.kv_heads)?, &cos, &sin)?;
-            let v = split(&attn.v_proj, self.kv_heads)?;
+            let p = layer.project(&x, self.heads(), self.head_dim)?;
+            let q = apply_rotary(&p.q, &cos, &sin)?;
+            let k = apply_rotary(&p.k, &cos, &sin)?;
+            let v = p.v;
             let mut outs = Vec::with_capacity(ctxs.len());
             for (row, ctx) in ctxs.iter_mut().enumerate() {
                 let row = row as i64;
@@ -614,13 +642,10 @@ impl Llama {
         let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
         let mut x = embeds.shallow_clone();
         for layer in &self.layers {
-            let h = layer.input_layernorm.forward(&x)?;
-            let attn = &layer.self_attn;
-            let split =
-                |lin: &Linear, heads: i64| DecoderLayer::heads(lin, &h, heads, self.head_dim);
-            let q = apply_rotary(&split(&attn.q_proj, self.num_heads)?, &cos, &sin)?;
-            let k = apply_rotary(&split(&attn.k_proj, self.kv_heads)?, &cos, &sin)?;
-            let v = split(&attn.v_proj, self.kv_heads)?;
+            let p = layer.project(&x, self.heads(), self.head_dim)?;
+            let q = apply_rotary(&p.q, &cos, &sin)?;
+            let k = apply_rotary(&p.k, &cos, &sin)?;
+            let v = p.v;
             let out = Tensor::f_scaled_dot_product_attention::<&Tensor>(
                 &q,
                 &k,

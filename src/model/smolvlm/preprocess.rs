@@ -7,10 +7,11 @@
 //! normalised in fp32 as one fused `(x − mean/r) / (std/r)`.
 //! In: [N, 3, H, W] uint8 (any device). Out: [N, 3, S, S] fp32 on the model's device.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::config::{Resample, VideoProcessing};
-use crate::error::{ModelError, ModelResult};
+use crate::error::ModelResult;
+use crate::model::preprocess::{check_frames, Normalisation};
 
 /// The longest edge torchvision's resize allows (`MAX_IMAGE_SIZE`).
 const MAX_IMAGE_SIZE: i64 = 4096;
@@ -18,9 +19,9 @@ const MAX_IMAGE_SIZE: i64 = 4096;
 #[derive(Debug)]
 pub struct SmolVlmPreprocessor {
     settings: VideoProcessing,
-    /// Per-channel offset and divisor, [1, 3, 1, 1] fp32, with the rescale folded in.
-    mean: Tensor,
-    std: Tensor,
+    /// On the CPU, where the resizes run.
+    normalisation: Normalisation,
+    /// Where pixel values go.
     device: Device,
 }
 
@@ -40,29 +41,16 @@ pub fn longest_edge_size(height: i64, width: i64, longest: i64) -> (i64, i64) {
 
 impl SmolVlmPreprocessor {
     pub fn new(settings: VideoProcessing, device: Device) -> ModelResult<Self> {
-        if settings.image_mean.len() != 3 || settings.image_std.len() != 3 {
-            return Err(ModelError::InvalidConfig(
-                "image_mean and image_std need 3 values".into(),
-            ));
-        }
-        let (mut mean, mut std) = (settings.image_mean.clone(), settings.image_std.clone());
-        if !settings.do_normalize {
-            mean = vec![0.0; 3];
-            std = vec![1.0; 3];
-        }
-        let scale = if settings.do_rescale {
-            settings.rescale_factor
-        } else {
-            1.0
-        };
-        let folded = |v: &[f64]| -> ModelResult<Tensor> {
-            let v: Vec<f32> = v.iter().map(|x| (x / scale) as f32).collect();
-            Ok(Tensor::from_slice(&v).f_view([1, 3, 1, 1])?)
-        };
+        let normalisation = Normalisation::new(
+            &settings.image_mean,
+            &settings.image_std,
+            settings.do_normalize,
+            settings.do_rescale.then_some(settings.rescale_factor),
+            Device::Cpu,
+        )?;
         Ok(Self {
-            mean: folded(&mean)?,
-            std: folded(&std)?,
             settings,
+            normalisation,
             device,
         })
     }
@@ -93,14 +81,8 @@ impl SmolVlmPreprocessor {
 
     /// Pixel values for frames [N, 3, H, W] uint8.
     pub fn process(&self, frames: &Tensor) -> ModelResult<Tensor> {
+        check_frames(frames)?;
         let dims = frames.size();
-        if dims.len() != 4 || dims[1] != 3 || frames.kind() != Kind::Uint8 {
-            return Err(ModelError::InvalidInput(format!(
-                "frames must be uint8 [N, 3, H, W], got {:?} {:?}",
-                frames.kind(),
-                dims
-            )));
-        }
         // torchvision resizes uint8 with libtorch's native kernels on the CPU only.
         let mut x = frames.f_to_device(Device::Cpu)?.f_contiguous()?;
         if self.settings.do_resize {
@@ -113,11 +95,7 @@ impl SmolVlmPreprocessor {
             let side = self.settings.max_image_size;
             x = self.resize(&x, side, side)?;
         }
-        let x = x
-            .f_to_kind(Kind::Float)?
-            .f_sub(&self.mean)?
-            .f_div(&self.std)?;
-        Ok(x.f_to_device(self.device)?)
+        Ok(self.normalisation.apply(&x)?.f_to_device(self.device)?)
     }
 }
 
