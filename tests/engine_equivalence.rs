@@ -9,26 +9,16 @@ mod common;
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use common::engine::{prepare, question_logits, store};
 use common::*;
 use tch::Tensor;
-use vstreamd::engine::answer::{self, BlockSource, Prepared};
+use vstreamd::engine::answer::{self, BlockSource};
 use vstreamd::engine::prompt::PromptLayout;
-use vstreamd::engine::stream::{FrameStamp, StreamCtx};
+use vstreamd::engine::stream::StreamCtx;
 use vstreamd::engine::{AskMode, AskRequest};
-use vstreamd::kv::disk::DiskConfig;
-use vstreamd::kv::{Quant, StoreConfig};
-use vstreamd::model::{ForwardOptions, LlavaOnevision, Precision};
+use vstreamd::kv::Quant;
+use vstreamd::model::{LlavaOnevision, Precision};
 use vstreamd::retrieval::LayerSelection;
-
-fn store(quant: Quant, disk: bool) -> StoreConfig {
-    StoreConfig {
-        quant,
-        ram_budget_bytes: 64 << 20,
-        rep_key_budget_bytes: 64 << 20,
-        dedup_threshold: None,
-        disk: disk.then(DiskConfig::default),
-    }
-}
 
 /// Logits of the question chunk `[newline + suffix]` in the one-shot prefill of the
 /// whole video prompt, and the number of frames.
@@ -46,7 +36,7 @@ fn reference(model: &LlavaOnevision, name: &str) -> (Tensor, i64) {
     (logits.narrow(0, tail, t - tail), video.size()[0])
 }
 
-/// A stream of the fixture's frames encoded one by one with a window of `window`.
+/// The fixture's frames streamed into a window of `window` frames over `quant` blocks.
 fn streamed(
     model: &LlavaOnevision,
     name: &str,
@@ -54,37 +44,14 @@ fn streamed(
     quant: Quant,
     dir: &std::path::Path,
 ) -> (PromptLayout, StreamCtx) {
-    let layout = PromptLayout::new(model).unwrap();
-    let (mut ctx, _) = StreamCtx::open(model, &layout, dir, name, store(quant, true), window)
-        .expect("open stream");
-    let pixels = model.preprocessor.process(&frames(name, "frames")).unwrap();
-    let embeds = model.encode_frames(&pixels).unwrap();
-    for i in 0..embeds.size()[0] {
-        let stamp = FrameStamp {
-            pts: Duration::from_secs(2 * i as u64),
-            wall: UNIX_EPOCH + Duration::from_secs(1_000 + i as u64),
-        };
-        ctx.encode(model, &embeds.narrow(0, i, 1), &[stamp])
-            .unwrap();
-    }
-    (layout, ctx)
-}
-
-fn question_logits(model: &LlavaOnevision, prepared: &mut Prepared) -> Tensor {
-    let opts = ForwardOptions {
-        append: true,
-        ..Default::default()
-    };
-    let out = model
-        .decoder()
-        .forward(
-            &prepared.question,
-            &prepared.positions,
-            &mut prepared.ctx,
-            opts,
-        )
-        .unwrap();
-    model.decoder().logits(&out.hidden).unwrap()
+    engine::streamed(
+        model,
+        &frames(name, "frames"),
+        name,
+        window,
+        store(quant),
+        dir,
+    )
 }
 
 fn ask(mode: AskMode, top_k: Option<usize>, recent: Option<usize>) -> AskRequest {
@@ -96,24 +63,6 @@ fn ask(mode: AskMode, top_k: Option<usize>, recent: Option<usize>) -> AskRequest
         recent_frames: recent,
         ..Default::default()
     }
-}
-
-fn prepare(
-    model: &LlavaOnevision,
-    layout: &PromptLayout,
-    ctx: &mut StreamCtx,
-    req: &AskRequest,
-) -> Prepared {
-    answer::prepare(
-        model,
-        layout,
-        ctx,
-        req,
-        16,
-        LayerSelection::PerLayer,
-        std::time::SystemTime::now(),
-    )
-    .unwrap()
 }
 
 #[test]

@@ -12,28 +12,26 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tch::{Kind, Tensor};
-use vstreamd::engine::answer::{self, Prepared};
+use tch::Tensor;
 use vstreamd::engine::prompt::PromptLayout;
-use vstreamd::engine::stream::{FrameStamp, StreamCtx};
+use vstreamd::engine::stream::StreamCtx;
 use vstreamd::engine::{AskMode, AskRequest};
-use vstreamd::kv::disk::DiskConfig;
-use vstreamd::kv::{Quant, StoreConfig};
+use vstreamd::kv::Quant;
+mod common;
+
+use common::engine::{self, prepare, question_logits, stamp, store};
+use common::{fixture_of, max_abs_diff, read_frames_dir, read_golden};
 use vstreamd::model::{
     AttnContext, ForwardOptions, ModelOptions, Positions, Precision, SmolVlm, VideoLlm,
 };
-use vstreamd::retrieval::LayerSelection;
 
 const CHECKPOINTS: [&str; 2] = ["tiny_s", "tiny_t"];
 const PROMPT: &str = "what colour is the circle ?";
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/smolvlm")
-        .join(name)
+    fixture_of("smolvlm", name)
 }
 
 fn load(name: &str, precision: Precision) -> SmolVlm {
@@ -42,10 +40,7 @@ fn load(name: &str, precision: Precision) -> SmolVlm {
 }
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixture(name).join("golden.safetensors"))
-        .expect("golden.safetensors")
-        .into_iter()
-        .collect()
+    read_golden(&fixture(name))
 }
 
 fn fps(name: &str) -> f64 {
@@ -55,18 +50,7 @@ fn fps(name: &str) -> f64 {
 }
 
 fn frames(name: &str) -> Tensor {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixture(name).join("frames"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    vstreamd::cli::read_frames(&paths).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a - b).abs().max().double_value(&[])
+    read_frames_dir(&fixture(name).join("frames"))
 }
 
 #[test]
@@ -122,24 +106,6 @@ fn bf16_stays_within_a_stated_bound() {
     }
 }
 
-fn store(quant: Quant) -> StoreConfig {
-    StoreConfig {
-        quant,
-        ram_budget_bytes: 64 << 20,
-        rep_key_budget_bytes: 64 << 20,
-        dedup_threshold: None,
-        disk: Some(DiskConfig::default()),
-    }
-}
-
-/// Frame i of the stream at 2·i seconds.
-fn stamp(i: i64) -> FrameStamp {
-    FrameStamp {
-        pts: Duration::from_secs(2 * i as u64),
-        wall: UNIX_EPOCH + Duration::from_secs(1_000 + i as u64),
-    }
-}
-
 /// The streaming token sequence as one prefill: sinks, every frame's chunk, the
 /// question's chunk; the question chunk's logits.
 fn one_shot_streaming_logits(model: &SmolVlm, embeds: &Tensor) -> Tensor {
@@ -161,52 +127,8 @@ fn one_shot_streaming_logits(model: &SmolVlm, embeds: &Tensor) -> Tensor {
     logits.narrow(0, t - q, q)
 }
 
-fn question_logits(model: &SmolVlm, prepared: &mut Prepared) -> Tensor {
-    let opts = ForwardOptions {
-        append: true,
-        ..Default::default()
-    };
-    let out = model
-        .decoder()
-        .forward(
-            &prepared.question,
-            &prepared.positions,
-            &mut prepared.ctx,
-            opts,
-        )
-        .unwrap();
-    model.decoder().logits(&out.hidden).unwrap()
-}
-
 fn streamed(model: &SmolVlm, name: &str, window: usize, dir: &Path) -> (PromptLayout, StreamCtx) {
-    let layout = PromptLayout::new(model).unwrap();
-    let (mut ctx, _) =
-        StreamCtx::open(model, &layout, dir, name, store(Quant::F32), window).unwrap();
-    let pixels = model.preprocessor.process(&frames(name)).unwrap();
-    let embeds = model.encode_frames(&pixels).unwrap();
-    for i in 0..embeds.size()[0] {
-        ctx.encode(model, &embeds.narrow(0, i, 1), &[stamp(i)])
-            .unwrap();
-    }
-    (layout, ctx)
-}
-
-fn prepare(
-    model: &SmolVlm,
-    layout: &PromptLayout,
-    ctx: &mut StreamCtx,
-    req: &AskRequest,
-) -> Prepared {
-    answer::prepare(
-        model,
-        layout,
-        ctx,
-        req,
-        16,
-        LayerSelection::PerLayer,
-        SystemTime::now(),
-    )
-    .unwrap()
+    engine::streamed(model, &frames(name), name, window, store(Quant::F32), dir)
 }
 
 #[test]

@@ -11,9 +11,18 @@ pub const CHECKPOINTS: [&str; 2] = ["tiny_a", "tiny_b"];
 /// The prompt the goldens were made with (see make_fixtures.py).
 pub const PROMPT: &str = "what colour is the circle ?";
 
+pub mod engine;
+
+/// A LLaVA-OneVision fixture's directory.
 pub fn fixture(name: &str) -> PathBuf {
+    fixture_of("llava_ov", name)
+}
+
+/// Fixture `name` of a family's folder under `tests/fixtures`.
+pub fn fixture_of(family: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/llava_ov")
+        .join("tests/fixtures")
+        .join(family)
         .join(name)
 }
 
@@ -23,7 +32,12 @@ pub fn load(name: &str, precision: Precision) -> LlavaOnevision {
 }
 
 pub fn golden(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixture(name).join("golden.safetensors"))
+    read_golden(&fixture(name))
+}
+
+/// `golden.safetensors` of a fixture directory, by tensor name.
+pub fn read_golden(fixture: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture.join("golden.safetensors"))
         .expect("golden.safetensors")
         .into_iter()
         .collect()
@@ -31,7 +45,12 @@ pub fn golden(name: &str) -> HashMap<String, Tensor> {
 
 /// Frames in `dir` (sorted PNGs) as uint8 [N, 3, H, W].
 pub fn frames(name: &str, dir: &str) -> Tensor {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixture(name).join(dir))
+    read_frames_dir(&fixture(name).join(dir))
+}
+
+/// The images in `dir`, sorted by name, as uint8 [N, 3, H, W].
+pub fn read_frames_dir(dir: &Path) -> Tensor {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("frames dir")
         .map(|e| e.expect("dir entry").path())
         .collect();
