@@ -2,20 +2,21 @@
 //! vstreamd turns into stored key/value blocks, and how close that comes to the
 //! machine's matmul ceiling.
 //!
-//! Encoding one frame is what the streaming engine does with every frame it keeps:
-//! `preprocessor.process` (uint8 → normalised pixels) → `encode_frames` (SigLIP tower,
-//! projector, 2×2 pooling; frames go through the tower `batch` at a time) → one decoder
-//! prefill of the frame's tokens (196 for LLaVA-OneVision-0.5B) at positions 0..T
-//! against an *empty* context, returning the frame's KV (`append: false,
-//! return_kv: true`). Every frame is prefilled on its own, as a store of per-frame KV
-//! blocks needs; no growing context, so the cost per frame does not depend on how many
-//! frames came before. `encode_frames`' output goes to the decoder as it comes, as the
-//! streaming engine would pass it.
+//! Encoding one frame is what the streaming engine does with every frame it keeps, for
+//! any family ([`vstreamd::model::load`]): `preprocess` (uint8 → normalised pixels) →
+//! `encode_frames` (the family's tower and projector or connector; frames go through the
+//! tower `batch` at a time) → one decoder prefill of the frame's chunk (its tokens: 196
+//! for LLaVA-OneVision-0.5B; for SmolVLM2 its timestamp line, wrapper tokens and 64
+//! visual tokens) at positions 0..T against an *empty* context, returning the frame's
+//! KV (`append: false, return_kv: true`). Every frame is prefilled on its own, as a
+//! store of per-frame KV blocks needs; no growing context, so the cost per frame does
+//! not depend on how many frames came before.
 //!
 //! Measured, in one process and one run:
 //! - frames/s: a warm-up pass, then `iters` passes over `frames` synthetic frames; the
 //!   median pass (also split into preprocess / tower / prefill);
-//! - achieved FLOP/s: analytic FLOPs per frame (see [`flops_per_frame`]) × frames/s,
+//! - achieved FLOP/s: analytic FLOPs per frame (the family's
+//!   [`VideoLlm::encode_flops`]) × frames/s,
 //!   against a ceiling measured here, a 2048³ product `a · bᵀ` (a linear layer's
 //!   layout) in the model dtype through libtorch. Shared machines drift (this 2-core one
 //!   by up to 2× within seconds), so the ceiling is sampled right before and after
@@ -51,13 +52,13 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use support::{env_or, median};
 use tch::{Kind, Tensor};
-use vstreamd::model::{AttnContext, ForwardOptions, LlavaOnevision, ModelOptions, Precision};
+use vstreamd::model::{AttnContext, ForwardOptions, ModelOptions, Precision, VideoLlm};
 
 /// Side of the square matmul that gives the ceiling.
 const CEILING_N: i64 = 2048;
@@ -132,57 +133,6 @@ fn synthetic_frames(first: i64, n: i64, h: i64, w: i64) -> Result<Tensor> {
         .f_add(&xy)?
         .f_remainder(256)?;
     Ok(v.f_to_kind(Kind::Uint8)?.f_contiguous()?)
-}
-
-/// Analytic FLOPs to encode one frame (a multiply-add counts 2), matmuls only:
-///
-/// vision tower, P = (S/p)² patches, width D, MLP width I, L layers run:
-///   patch conv           2·P·D·(3·p²)
-///   per layer  q,k,v,o   4 · 2·P·D²
-///              fc1, fc2  2 · 2·P·D·I
-///              QKᵀ, AV   2 · 2·P²·D
-/// projector on all P patches (before pooling), feature width F = D·#feature layers,
-/// text width H:          2·P·F·H + 2·P·H²
-/// decoder prefill of T = ⌈(S/p)/2⌉² tokens, per layer, n heads and m KV heads of
-/// width d, MLP width J:
-///              q, o      2 · 2·T·H·(n·d)
-///              k, v      2 · 2·T·H·(m·d)
-///              gate,up,down 3 · 2·T·H·J
-///              QKᵀ, AV   2 · 2·(T(T+1)/2)·n·d   (causal: the lower triangle only)
-///
-/// Left out (a fraction of a percent): norms, activations, softmax, rotary, pooling,
-/// preprocessing. No LM head: encoding never computes logits.
-/// For LLaVA-OneVision-0.5B (P = 729, D = 1152, I = 4304, L = 26, H = 896, T = 196,
-/// n = 14, m = 2, d = 64, J = 4864) this is ≈ 0.79 TFLOP per frame, 82% of it in the tower.
-fn flops_per_frame(model: &LlavaOnevision) -> f64 {
-    let cfg = &model.config;
-    let v = &cfg.vision_config;
-    let t = &cfg.text_config;
-    let feature_layers = cfg.vision_feature_layer.indices();
-    let total = v.num_hidden_layers + 1;
-    let layers_run = feature_layers
-        .iter()
-        .map(|&i| if i < 0 { total + i } else { i })
-        .max()
-        .unwrap_or(0) as f64;
-    let p = (v.grid() * v.grid()) as f64;
-    let d = v.hidden_size as f64;
-    let i = v.intermediate_size as f64;
-    let patch = (v.num_channels * v.patch_size * v.patch_size) as f64;
-    let vision = 2.0 * p * d * patch
-        + layers_run * (4.0 * 2.0 * p * d * d + 2.0 * 2.0 * p * d * i + 2.0 * 2.0 * p * p * d);
-    let f = d * feature_layers.len() as f64;
-    let h = t.hidden_size as f64;
-    let projector = 2.0 * p * f * h + 2.0 * p * h * h;
-    let tok = model.tokens_per_frame() as f64;
-    let qd = (t.num_attention_heads * t.head_dim()) as f64;
-    let kvd = (t.kv_heads() * t.head_dim()) as f64;
-    let j = t.intermediate_size as f64;
-    let per_layer = 2.0 * 2.0 * tok * h * qd
-        + 2.0 * 2.0 * tok * h * kvd
-        + 3.0 * 2.0 * tok * h * j
-        + 2.0 * tok * (tok + 1.0) * qd;
-    vision + projector + t.num_hidden_layers as f64 * per_layer
 }
 
 /// kB values of `VmHWM` and `VmRSS`.
@@ -271,15 +221,12 @@ struct FirstOutputs {
 }
 
 fn encode_pass(
-    model: &LlavaOnevision,
+    model: &dyn VideoLlm,
     frames: &Tensor,
     batch: i64,
     keep: bool,
 ) -> Result<(PassTimes, Option<FirstOutputs>)> {
     let n = frames.size()[0];
-    let hidden = model.config.text_config.hidden_size;
-    let tokens = model.tokens_per_frame();
-    let positions = Tensor::f_arange(tokens, (Kind::Int64, model.device()))?;
     let opts = ForwardOptions {
         return_kv: true,
         ..Default::default()
@@ -291,12 +238,13 @@ fn encode_pass(
         let len = batch.min(n - start);
         let chunk = frames.f_narrow(0, start, len)?;
         let t0 = Instant::now();
-        let pixels = model.preprocessor.process(&chunk)?;
+        let pixels = model.preprocess(&chunk)?;
         let t1 = Instant::now();
         let embeddings = model.encode_frames(&pixels)?;
         let t2 = Instant::now();
         for f in 0..len {
-            let embeds = embeddings.f_get(f)?.f_reshape([tokens, hidden])?;
+            let embeds = model.frame_chunk(&embeddings.f_get(f)?, Duration::ZERO)?;
+            let positions = model.positions(0, embeds.size()[0])?;
             let mut ctx = AttnContext::new(model.decoder().num_layers());
             let out = model
                 .decoder()
@@ -328,24 +276,29 @@ fn main() -> Result<()> {
     let kind = s.precision.kind();
 
     let load_start = Instant::now();
-    let model = LlavaOnevision::load(&s.model, ModelOptions::cpu(s.precision))
+    let model = vstreamd::model::load(&s.model, ModelOptions::cpu(s.precision))
         .with_context(|| format!("loading {}", s.model.display()))?;
+    let model: &dyn VideoLlm = &*model;
     let load_s = load_start.elapsed().as_secs_f64();
     let (hwm_load_kb, rss_loaded_kb) = memory_kb();
 
-    let tower = model.config.vision_config.image_size;
-    let (fh, fw) = s.frame_size.unwrap_or((tower, tower));
+    let (th, tw) = model.frame_size();
+    let (fh, fw) = s.frame_size.unwrap_or((i64::from(th), i64::from(tw)));
     let frames = synthetic_frames(0, s.frames, fh, fw)?;
     let checksum = frames
         .f_to_kind(Kind::Int64)?
         .f_sum(Kind::Int64)?
         .int64_value(&[]);
     let tokens = model.tokens_per_frame();
-    let flops = flops_per_frame(&model);
+    let flops = model.encode_flops();
     let threads = tch::get_num_threads();
     let summary = model.summary();
 
-    println!("vstreamd encode bench: {}", s.model.display());
+    println!(
+        "vstreamd encode bench: {} ({})",
+        s.model.display(),
+        model.family()
+    );
     println!(
         "  model: {:.1}M parameters, vision {} layers, decoder {} layers x {} hidden, {} tokens/frame",
         summary.parameters as f64 / 1e6,
@@ -369,7 +322,7 @@ fn main() -> Result<()> {
     let (hwm_pre_kb, _) = memory_kb();
     let peak_reset = reset_peak_rss();
 
-    let (_, first) = encode_pass(&model, &frames, s.batch, s.dump.is_some())?;
+    let (_, first) = encode_pass(model, &frames, s.batch, s.dump.is_some())?;
     if let (Some(path), Some(first)) = (&s.dump, first) {
         Tensor::write_safetensors(
             &[
@@ -387,7 +340,7 @@ fn main() -> Result<()> {
     let mut local_ceiling = Vec::with_capacity(s.iters);
     let mut around = ceiling.sample(CEILING_SAMPLES)?;
     for _ in 0..s.iters {
-        passes.push(encode_pass(&model, &frames, s.batch, false)?.0);
+        passes.push(encode_pass(model, &frames, s.batch, false)?.0);
         let after = ceiling.sample(CEILING_SAMPLES)?;
         local_ceiling.push(median(&[around.as_slice(), after.as_slice()].concat()));
         around = after;
@@ -458,6 +411,7 @@ fn main() -> Result<()> {
     );
     let result = json!({
         "side": "vstreamd",
+        "family": model.family(),
         "model": s.model.display().to_string(),
         "dtype": s.dtype_name,
         "threads": threads,

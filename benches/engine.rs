@@ -97,7 +97,7 @@
 //! | `VSTREAMD_BENCH_TINY_FRAMES` | 50000 | frames of the long tiny stream (≥ 10000) |
 //! | `VSTREAMD_BENCH_ASKS` | 5 | asks per TTFT point (median) |
 //! | `VSTREAMD_BENCH_BIG` | 1 | 0 skips the 0.5B-shaped part |
-//! | `VSTREAMD_BENCH_BIG_MODEL` | generated (above) | another checkpoint for that part |
+//! | `VSTREAMD_BENCH_BIG_MODEL` | generated (above) | another checkpoint for that part, of any family (`model::load`) |
 //! | `VSTREAMD_BENCH_BIG_DTYPE` | auto | `f32`, `bf16`, `f16`, or `auto` (the faster) |
 //! | `VSTREAMD_BENCH_BIG_FRAMES` | 20 | frames of the prefill stream of (1) (≥ 10) |
 //! | `VSTREAMD_BENCH_BIG_QUANT` | int4 | `int4`, `int8`, `bf16`, `f16` stored blocks |
@@ -126,7 +126,8 @@ use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
 use vstreamd::kv::{Block, BlockMeta, CompressedBlock, KvStore, Quant, StoreConfig, Tier};
 use vstreamd::model::{
-    AttnContext, ForwardOptions, KvSegment, LayerKv, LlavaOnevision, ModelOptions, Precision,
+    self as vmodel, AttnContext, ForwardOptions, KvSegment, LayerKv, ModelOptions, Precision,
+    VideoLlm,
 };
 use vstreamd::retrieval::{self, LayerSelection};
 
@@ -401,15 +402,13 @@ fn frames_tensor(first: u64, n: u64, h: u32, w: u32) -> Result<Tensor> {
 }
 
 /// Frame embeddings [n, tokens_per_frame, hidden] of frames `0..n`, `batch` at a time.
-fn embed_frames(model: &LlavaOnevision, n: u64, batch: u64) -> Result<Tensor> {
-    let size = model.config.vision_config.image_size as u32;
+fn embed_frames(model: &dyn VideoLlm, n: u64, batch: u64) -> Result<Tensor> {
+    let size = square_frames(model)?;
     let mut parts = Vec::new();
     let mut first = 0;
     while first < n {
         let len = batch.min(n - first);
-        let pixels = model
-            .preprocessor
-            .process(&frames_tensor(first, len, size, size)?)?;
+        let pixels = model.preprocess(&frames_tensor(first, len, size, size)?)?;
         parts.push(model.encode_frames(&pixels)?);
         first += len;
     }
@@ -418,12 +417,12 @@ fn embed_frames(model: &LlavaOnevision, n: u64, batch: u64) -> Result<Tensor> {
 
 /// Seconds of a full re-prefill: `embeds` [T, hidden] at positions 0..T from an empty
 /// context, then the first token (logits of the last position, greedy).
-fn full_prefill(model: &LlavaOnevision, embeds: &Tensor) -> Result<f64> {
+fn full_prefill(model: &dyn VideoLlm, embeds: &Tensor) -> Result<f64> {
     let t = embeds.size()[0];
     let dec = model.decoder();
     let start = Instant::now();
     let mut ctx = AttnContext::new(dec.num_layers());
-    let positions = Tensor::f_arange(t, (Kind::Int64, model.device()))?;
+    let positions = model.positions(0, t)?;
     let out = dec.forward(embeds, &positions, &mut ctx, ForwardOptions::default())?;
     let last = out.hidden.f_narrow(0, t - 1, 1)?;
     let token = dec.logits(&last)?.f_argmax(-1, false)?.int64_value(&[0]);
@@ -431,11 +430,27 @@ fn full_prefill(model: &LlavaOnevision, embeds: &Tensor) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The re-prefill prompt: `[prefix + frames' embeddings + newline + question]` as
-/// `transformers` builds it, for frame embeddings [F, tokens_per_frame, hidden].
-fn reprefill_embeddings(model: &LlavaOnevision, frames: &Tensor, question: &str) -> Result<Tensor> {
-    let ids = model.video_prompt_ids(question, frames.size()[0])?;
-    Ok(model.embed_with_video(&ids, frames)?)
+/// The re-prefill prompt for frame embeddings [F, tokens_per_frame, hidden]: the
+/// family's streaming layout in one piece (sinks, every frame's chunk at one frame a
+/// second, the question's chunk), which the equivalence tests show is the prompt
+/// `transformers` builds for LLaVA-OneVision and SmolVLM's streaming layout.
+fn reprefill_embeddings(model: &dyn VideoLlm, frames: &Tensor, question: &str) -> Result<Tensor> {
+    let sinks = Tensor::from_slice(&model.sink_ids()?).f_to_device(model.device())?;
+    let mut parts = vec![model.decoder().embed(&sinks)?];
+    for i in 0..frames.size()[0] {
+        let time = Duration::from_secs(i as u64);
+        parts.push(model.frame_chunk(&frames.f_get(i)?, time)?);
+    }
+    parts.push(model.question_chunk(question)?);
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
+/// The side of the square frames `model` takes.
+fn square_frames(model: &dyn VideoLlm) -> Result<u32> {
+    match model.frame_size() {
+        (h, w) if h == w => Ok(h),
+        (h, w) => bail!("this bench feeds square frames; the model takes {w}x{h}"),
+    }
 }
 
 /// What the asks at one point took.
@@ -574,11 +589,11 @@ fn tiny(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let threads_before = tch::get_num_threads();
     tch::set_num_threads(s.threads.unwrap_or(1));
     let model_dir = repo().join("tests/fixtures/llava_ov/tiny_a");
-    let model = LlavaOnevision::load(&model_dir, ModelOptions::cpu(Precision::F32))
+    let model = vmodel::load(&model_dir, ModelOptions::cpu(Precision::F32))
         .with_context(|| format!("loading {}", model_dir.display()))?;
-    let size = model.config.vision_config.image_size as u32;
+    let size = square_frames(model.as_ref())?;
     let tpf = model.tokens_per_frame();
-    let shape = KvShape::of(&model);
+    let shape = KvShape::of(model.as_ref());
     let rep_per_block = shape.rep_key_bytes();
     // Under target/ rather than /tmp: a tmpfs would put the mapped segments in RSS.
     std::fs::create_dir_all(repo().join("target"))?;
@@ -800,13 +815,13 @@ fn tiny(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
 
     // (3) re-prefill of the same 1,000 frames, on a second copy of the model (after the
     // memory readings, which it would disturb).
-    let model = LlavaOnevision::load(&model_dir, ModelOptions::cpu(Precision::F32))?;
-    let frames_1k = embed_frames(&model, REPREFILL_FRAMES as u64, 100)?;
-    let embeds = reprefill_embeddings(&model, &frames_1k, QUESTIONS[0])?;
+    let model = vmodel::load(&model_dir, ModelOptions::cpu(Precision::F32))?;
+    let frames_1k = embed_frames(model.as_ref(), REPREFILL_FRAMES as u64, 100)?;
+    let embeds = reprefill_embeddings(model.as_ref(), &frames_1k, QUESTIONS[0])?;
     let tokens = embeds.size()[0];
-    full_prefill(&model, &embeds)?;
+    full_prefill(model.as_ref(), &embeds)?;
     let runs: Vec<f64> = (0..3)
-        .map(|_| full_prefill(&model, &embeds))
+        .map(|_| full_prefill(model.as_ref(), &embeds))
         .collect::<Result<_>>()?;
     let full = median(&runs);
     let r = full / t1k;
@@ -850,8 +865,8 @@ struct KvShape {
 }
 
 impl KvShape {
-    fn of(model: &LlavaOnevision) -> Self {
-        let t = &model.config.text_config;
+    fn of(model: &dyn VideoLlm) -> Self {
+        let t = model.decoder().config();
         Self {
             layers: t.num_hidden_layers,
             heads: t.kv_heads(),
@@ -1016,24 +1031,15 @@ fn matmul_rate(kind: Kind) -> Result<f64> {
 }
 
 /// Analytic FLOPs of a decoder prefill of `t` tokens from an empty context (matmuls
-/// and causal attention; see benches/encode.rs for the terms).
-fn prefill_flops(model: &LlavaOnevision, t: f64) -> f64 {
-    let c = &model.config.text_config;
-    let h = c.hidden_size as f64;
-    let qd = (c.num_attention_heads * c.head_dim()) as f64;
-    let kvd = (c.kv_heads() * c.head_dim()) as f64;
-    let j = c.intermediate_size as f64;
-    let per_layer = 2.0 * 2.0 * t * h * qd
-        + 2.0 * 2.0 * t * h * kvd
-        + 3.0 * 2.0 * t * h * j
-        + 2.0 * t * (t + 1.0) * qd;
-    c.num_hidden_layers as f64 * per_layer
+/// and causal attention; see `vstreamd::model::family::prefill_flops`).
+fn prefill_flops(model: &dyn VideoLlm, t: f64) -> f64 {
+    vmodel::family::prefill_flops(model.decoder().config(), t)
 }
 
 /// One question, library-level, as the engine thread answers it: (TTFT seconds from
 /// the start of `prepare` to the first token, figures).
 fn library_ask(
-    model: &LlavaOnevision,
+    model: &dyn VideoLlm,
     layout: &PromptLayout,
     ctx: &mut StreamCtx,
     top_k: usize,
@@ -1072,13 +1078,23 @@ fn library_ask(
 
 fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let started = Instant::now();
-    println!("\n== 0.5B-shaped checkpoint (random weights, library-level) ==");
+    // The summary's label: the default checkpoint's shape, or any other checkpoint.
+    let label = if s.big_model.is_some() { "big" } else { "0.5B" };
     let dir = match &s.big_model {
-        Some(dir) => dir.clone(),
-        None => checkpoint::ensure(
-            &repo().join("target/bench-checkpoints/llava_ov_0p5b_shape_rs"),
-            &checkpoint::LLAVA_OV_0P5B,
-        )?,
+        Some(dir) => {
+            println!(
+                "\n== {} (VSTREAMD_BENCH_BIG_MODEL, library-level) ==",
+                dir.display()
+            );
+            dir.clone()
+        }
+        None => {
+            println!("\n== 0.5B-shaped checkpoint (random weights, library-level) ==");
+            checkpoint::ensure(
+                &repo().join("target/bench-checkpoints/llava_ov_0p5b_shape_rs"),
+                &checkpoint::LLAVA_OV_0P5B,
+            )?
+        }
     };
     let (f32_rate, bf16_rate) = (matmul_rate(Kind::Float)?, matmul_rate(Kind::BFloat16)?);
     let precision = s.big_dtype.unwrap_or(if bf16_rate > f32_rate {
@@ -1097,11 +1113,13 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         }
     );
     let load_start = Instant::now();
-    let model = LlavaOnevision::load(&dir, ModelOptions::cpu(precision))
+    let model = vmodel::load(&dir, ModelOptions::cpu(precision))
         .with_context(|| format!("loading {}", dir.display()))?;
+    let model = model.as_ref();
     let summary = model.summary();
     println!(
-        "  model: {:.0}M parameters, tower {} layers, decoder {} layers x {} hidden, {} KV heads x {}, {} tokens/frame; loaded in {:.1} s",
+        "  model: {} family, {:.0}M parameters, tower {} layers, decoder {} layers x {} hidden, {} KV heads x {}, {} tokens/frame; loaded in {:.1} s",
+        summary.family,
         summary.parameters as f64 / 1e6,
         summary.vision_layers,
         summary.layers,
@@ -1111,12 +1129,12 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         summary.tokens_per_frame,
         load_start.elapsed().as_secs_f64()
     );
-    let layout = PromptLayout::new(&model)?;
+    let layout = PromptLayout::new(model)?;
     let defaults = EngineConfig::new(PathBuf::new(), store_config(s.big_quant));
     let (window, top_k) = (defaults.window_frames, defaults.top_k);
     let tpf = model.tokens_per_frame();
-    let size = model.config.vision_config.image_size as u32;
-    let shape = KvShape::of(&model);
+    let size = square_frames(model)?;
+    let shape = KvShape::of(model);
     // Under target/ rather than /tmp, which may be RAM.
     std::fs::create_dir_all(repo().join("target"))?;
     let tmp = tempfile::tempdir_in(repo().join("target"))?;
@@ -1134,7 +1152,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     for i in 0..=BIG_TOWER_FRAMES {
         let raw = frames_tensor(i, 1, size, size)?;
         let t0 = Instant::now();
-        let pixels = model.preprocessor.process(&raw)?;
+        let pixels = model.preprocess(&raw)?;
         let embeds = model.encode_frames(&pixels)?;
         if i > 0 {
             tower.push(t0.elapsed().as_secs_f64());
@@ -1144,7 +1162,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let tower_s = median(&tower);
     let open = |name: &str| {
         StreamCtx::open(
-            &model,
+            model,
             &layout,
             &tmp.path().join(name),
             name,
@@ -1160,7 +1178,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
             wall: SystemTime::now(),
         };
         let start = Instant::now();
-        ctx.encode(&model, &kept[i % kept.len()], &[stamp])?;
+        ctx.encode(model, &kept[i % kept.len()], &[stamp])?;
         Ok(start.elapsed().as_secs_f64())
     };
     let mut long = open("encode")?;
@@ -1205,14 +1223,14 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         part.elapsed().as_secs_f64()
     );
     rows.push(Row::judged(
-        "0.5B",
+        label,
         format!("(1) encode frames/s, last/first 10% of {n}"),
         format!("{ratio:.3}"),
         ">= 0.9",
         ratio >= 0.9,
     ));
     rows.push(Row::judged(
-        "0.5B",
+        label,
         "(1) same, same-time control (alternating frames)".into(),
         format!("{control:.3}"),
         ">= 0.9",
@@ -1243,14 +1261,8 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         let dir = tmp.path().join(format!("r{level}"));
         let id = format!("r{level}");
         {
-            let (mut ctx, _) = StreamCtx::open(
-                &model,
-                &layout,
-                &dir,
-                &id,
-                store_config(s.big_quant),
-                window,
-            )?;
+            let (mut ctx, _) =
+                StreamCtx::open(model, &layout, &dir, &id, store_config(s.big_quant), window)?;
             for seq in 0..level as u64 {
                 ctx.store.append(&synthetic_block(shape, seq, tpf)?)?;
             }
@@ -1259,14 +1271,8 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         let fill_s = fill.elapsed().as_secs_f64();
         // Reopened: the store recovered from disk, then a real window on top.
         let reopen = Instant::now();
-        let (mut ctx, _) = StreamCtx::open(
-            &model,
-            &layout,
-            &dir,
-            &id,
-            store_config(s.big_quant),
-            window,
-        )?;
+        let (mut ctx, _) =
+            StreamCtx::open(model, &layout, &dir, &id, store_config(s.big_quant), window)?;
         let reopen_s = reopen.elapsed().as_secs_f64();
         let stamps: Vec<FrameStamp> = (0..window)
             .map(|i| FrameStamp {
@@ -1274,7 +1280,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
                 wall: SystemTime::now(),
             })
             .collect();
-        ctx.encode(&model, &window_embeds, &stamps)?;
+        ctx.encode(model, &window_embeds, &stamps)?;
         println!(
             "  (2) {level} blocks of {} ({:?}) written in {fill_s:.1} s, recovered in {reopen_s:.1} s; disk {}",
             mib(block_bytes as f64),
@@ -1291,12 +1297,12 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     );
     let mut stats: BTreeMap<usize, AskStats> = BTreeMap::new();
     for ctx in streams.iter_mut().map(|(_, c)| c) {
-        library_ask(&model, &layout, ctx, top_k, QUESTIONS[0])?;
+        library_ask(model, &layout, ctx, top_k, QUESTIONS[0])?;
     }
     for round in 0..s.asks {
         let q = QUESTIONS[round % QUESTIONS.len()];
         for (level, ctx) in &mut streams {
-            let (t, f) = library_ask(&model, &layout, ctx, top_k, q)?;
+            let (t, f) = library_ask(model, &layout, ctx, top_k, q)?;
             stats.entry(*level).or_default().push(t, f);
         }
     }
@@ -1308,7 +1314,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let t1k = ttft.get(&1_000).copied();
     if let (Some(a), Some(b)) = (t100, t1k) {
         rows.push(Row::judged(
-            "0.5B",
+            label,
             "(2) TTFT@1000 / TTFT@100 (measured)".into(),
             format!("{:.3}", b / a),
             "<= 1.3",
@@ -1317,7 +1323,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     }
     if let (Some(a), Some(b)) = (t100, ttft.get(&10_000)) {
         rows.push(Row::judged(
-            "0.5B",
+            label,
             "(2) TTFT@10k / TTFT@100 (measured)".into(),
             format!("{:.3}", b / a),
             "<= 1.3",
@@ -1347,7 +1353,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
             ms(estimate)
         );
         rows.push(Row::judged(
-            "0.5B",
+            label,
             "(2) TTFT@10k (ESTIMATED) / TTFT@100".into(),
             format!("{:.3}", estimate / a),
             "<= 1.3",
@@ -1363,31 +1369,31 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         let idx: Vec<i64> = (0..frames as i64).map(|i| i % kept.size()[0]).collect();
         Ok(kept.f_index_select(0, &Tensor::from_slice(&idx))?)
     };
-    let prompt_extra = reprefill_embeddings(&model, &cycled(1)?, QUESTIONS[0])?.size()[0] - tpf;
+    let prompt_extra = reprefill_embeddings(model, &cycled(1)?, QUESTIONS[0])?.size()[0] - tpf;
     let tokens = |frames: usize| frames as f64 * tpf as f64 + prompt_extra as f64;
     full_prefill(
-        &model,
-        &reprefill_embeddings(&model, &cycled(1)?, QUESTIONS[0])?,
+        model,
+        &reprefill_embeddings(model, &cycled(1)?, QUESTIONS[0])?,
     )?;
     let calib_frames = 2;
     let calib = full_prefill(
-        &model,
-        &reprefill_embeddings(&model, &cycled(calib_frames)?, QUESTIONS[0])?,
+        model,
+        &reprefill_embeddings(model, &cycled(calib_frames)?, QUESTIONS[0])?,
     )?;
-    let flop_rate = prefill_flops(&model, tokens(calib_frames)) / calib;
-    let predict = |frames: usize| prefill_flops(&model, tokens(frames)) / flop_rate;
+    let flop_rate = prefill_flops(model, tokens(calib_frames)) / calib;
+    let predict = |frames: usize| prefill_flops(model, tokens(frames)) / flop_rate;
     let mut frames = calib_frames;
     while frames < REPREFILL_FRAMES && predict(frames + 1) <= s.big_prefill_s {
         frames += 1;
     }
-    let embeds = reprefill_embeddings(&model, &cycled(frames)?, QUESTIONS[0])?;
+    let embeds = reprefill_embeddings(model, &cycled(frames)?, QUESTIONS[0])?;
     // TTFT@1000 again, right before and after the re-prefill, so that both sides of
     // the ratio see the machine in the same state.
     let mut around = Vec::new();
     let mut ask_1k = |round: usize| -> Result<()> {
         if let Some((_, ctx)) = streams.iter_mut().find(|(l, _)| *l == 1_000) {
             let q = QUESTIONS[round % QUESTIONS.len()];
-            around.push(library_ask(&model, &layout, ctx, top_k, q)?.0);
+            around.push(library_ask(model, &layout, ctx, top_k, q)?.0);
         }
         Ok(())
     };
@@ -1397,7 +1403,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let full = if frames == calib_frames {
         calib
     } else {
-        full_prefill(&model, &embeds)?
+        full_prefill(model, &embeds)?
     };
     for round in 3..6 {
         ask_1k(round)?;
@@ -1420,14 +1426,14 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
             full_1k / t1k
         );
         rows.push(Row::judged(
-            "0.5B",
+            label,
             format!("(3) re-prefill({frames} frames) / TTFT@1000 (lower bound)"),
             format!("{r:.1}x"),
             ">= 10x",
             r >= 10.0,
         ));
         rows.push(Row::note(
-            "0.5B",
+            label,
             "(3) re-prefill(1000, extrapolated) / TTFT@1000".into(),
             format!("{:.0}x (estimate)", full_1k / t1k),
         ));
@@ -1444,11 +1450,11 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         "  (4) skipped: 50,000 frames of this model at {frame_s:.0} s each would take {hours:.0} h here"
     );
     rows.push(Row::note(
-        "0.5B",
+        label,
         "(4) memory at 1k / 50k frames".into(),
         format!("skipped (50k frames ~ {hours:.0} h here)"),
     ));
-    println!("  0.5B part: {:.0} s", started.elapsed().as_secs_f64());
+    println!("  {label} part: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -50,7 +50,7 @@ use vstreamd::engine::{AskMode, AskRequest, Engine, EngineConfig, FrameInput, St
 use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
 use vstreamd::kv::{Quant, StoreConfig};
-use vstreamd::model::{LlavaOnevision, ModelOptions, Precision};
+use vstreamd::model::{self, ModelOptions, Precision};
 use vstreamd::retrieval::LayerSelection;
 use vstreamd::synth::script::{NeedleSpec, Script};
 
@@ -239,7 +239,7 @@ fn run_stream(
 fn main() -> Result<()> {
     let s = Settings::from_env()?;
     tch::set_num_threads(s.threads);
-    let model = LlavaOnevision::load(&s.model, ModelOptions::cpu(Precision::F32))
+    let model = model::load(&s.model, ModelOptions::cpu(Precision::F32))
         .with_context(|| format!("loading {}", s.model.display()))?;
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(repo.join("target"))?;

@@ -1,33 +1,40 @@
 #!/usr/bin/env python3
 """Frame-encoding throughput: vstreamd (benches/encode.rs) against `transformers` eager.
 
-Encoding one frame, on both sides: video preprocessing of a uint8 frame, SigLIP tower +
-projector + 2x2 pooling (frames `--batch` at a time through the tower), then one decoder
-prefill of the frame's tokens (196 for LLaVA-OneVision-0.5B) at positions 0..T against
-an empty context, keeping the frame's key/value cache. No LM head: no logits are made.
+Encoding one frame, on both sides: video preprocessing of a uint8 frame, the family's
+tower and projector or connector (frames `--batch` at a time through the tower), then
+one decoder prefill of the frame's chunk at positions 0..T against an empty context,
+keeping the frame's key/value cache. No LM head: no logits are made. The chunk is the
+frame's tokens for LLaVA-OneVision (196 for LLaVA-OneVision-0.5B); for SmolVLM it is
+the streaming chunk vstreamd stores (`\nFrame from 00:00:`, the image wrapper tokens
+and the 64 visual tokens).
 
-The `transformers` side (`--side transformers`, the default) runs
-`LlavaOnevisionForConditionalGeneration` with `attn_implementation="eager"` under
-`torch.inference_mode()`: `processor.video_processor` -> `model.model.get_video_features`
--> `model.model.language_model(inputs_embeds=..., position_ids=..., use_cache=True)` per
-frame, with `torch.set_num_threads` set to libtorch's default in vstreamd (all cores).
-It times passes as the Rust bench does (one warm-up pass, median of `--iters`), samples a
-2048^3 matmul ceiling in the same dtype, and reads VmHWM from /proc/self/status (reset
-after loading through /proc/self/clear_refs, so the encode phase's own peak shows too).
-The synthetic frames come from the Rust bench's formula, so both encode the same pixels.
+The `transformers` side (`--side transformers`, the default) runs the family's
+`...ForConditionalGeneration` with `attn_implementation="eager"` under
+`torch.inference_mode()`: the processor's video processor -> the model's feature
+function (`get_video_features`, `get_image_features`) -> the language model
+(`inputs_embeds=..., position_ids=..., use_cache=True`) per frame, with
+`torch.set_num_threads` set to libtorch's default in vstreamd (all cores). It times
+passes as the Rust bench does (one warm-up pass, median of `--iters`), samples a 2048^3
+matmul ceiling in the same dtype, and reads VmHWM from /proc/self/status (reset after
+loading through /proc/self/clear_refs, so the encode phase's own peak shows too). The
+synthetic frames come from the Rust bench's formula, so both encode the same pixels.
 
-`--compare` is the driver: it builds the Rust bench, generates the 0.5B-shaped random
-checkpoint if missing (scripts/make_bench_checkpoint.py), then for each case runs
-`cargo bench --bench encode` and this script's `transformers` side in separate
-processes (so each peak-memory figure is its own), compares their outputs (frame
-embeddings, prefill hidden states, layer-0 values of the first frame) and prints the
-table. Cases: tiny_a (tests/fixtures/llava_ov/tiny_a) in f32 and bf16, 32 frames at the
-tower size; the 0.5B shape, 4 frames of 360x640 (so both sides resize), in bf16 where the
-CPU multiplies bf16 natively (AVX-512 or AMX) and f32 elsewhere (`--big-dtype`), in
-`--rounds` alternating rounds (vstreamd, transformers, vstreamd, ...) whose passes are
-pooled. This machine's speed drifts by up to 2x within seconds, so every pass is also
-divided by the matmul ceiling sampled right before and after it: "% ceil" and
-"ratio@ceil" are those drift-corrected figures. About 22 minutes on 2 cores (AVX2):
+`--compare` is the driver: it builds the Rust bench, generates the random checkpoints
+of real models' shapes if missing (scripts/make_bench_checkpoint.py: LLaVA-OneVision-0.5B
+and SmolVLM2-256M), then for each case runs `cargo bench --bench encode` and this
+script's `transformers` side in separate processes (so each peak-memory figure is its
+own), compares their outputs (frame embeddings, prefill hidden states, layer-0 values of
+the first frame) and prints the table. Cases: tiny_a (tests/fixtures/llava_ov/tiny_a) in
+f32 and bf16, 32 frames at the tower size; the 0.5B shape and the SmolVLM2-256M shape,
+4 frames of 360x640 each (so both sides resize), in bf16 where the CPU multiplies bf16
+natively (AVX-512 or AMX) and f32 elsewhere (`--big-dtype`), in `--rounds` alternating
+rounds (vstreamd, transformers, vstreamd, ...) whose passes are pooled; `--cases`
+picks some (`--cases smolvlm`). The big cases carry the targets (>= 1.3x transformers,
+>= 60% of the ceiling) and print the real-time factor (frames/s over 1 fps sampling).
+This machine's speed drifts by up to 2x within seconds, so every pass is also divided by
+the matmul ceiling sampled right before and after it: "% ceil" and "ratio@ceil" are
+those drift-corrected figures.
 
     python3 scripts/bench_encode.py --compare
 
@@ -48,18 +55,21 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "fixtures", "llava_ov", "tiny_a")
 BIG = os.path.join(REPO, "target", "bench-checkpoints", "llava_ov_0p5b_shape")
+SMOL = os.path.join(REPO, "target", "bench-checkpoints", "smolvlm2_256m_shape")
 CEILING_N = 2048
 CEILING_SAMPLES = 10
 TARGET_RATIO = 1.3
 TARGET_PCT = 60.0
 
 # (label, checkpoint, dtype, frames per pass, tower batch, timed passes, frame size or None);
-# "auto" is resolved by big_dtype().
+# "auto" is resolved by big_dtype(). The big cases (real models' shapes) carry the targets.
 CASES = [
     ("tiny_a", TINY, "f32", 32, 4, 5, None),
     ("tiny_a", TINY, "bf16", 32, 4, 5, None),
     ("0.5B-shape", BIG, "auto", 4, 4, 3, (360, 640)),
+    ("SmolVLM2-256M", SMOL, "auto", 4, 4, 3, (360, 640)),
 ]
+BIG_CASES = (BIG, SMOL)
 
 
 def cpu_flags():
@@ -162,10 +172,90 @@ class Ceiling:
         return out
 
 
+def family_of(model_dir):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)["model_type"]
+
+
+class LlavaSide:
+    """LLaVA-OneVision: the video processor, `get_video_features` (tower, projector,
+    pooling), a prefill of each frame's pooled tokens."""
+
+    def __init__(self, torch, model_dir, dtype):
+        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+        self.torch = torch
+        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="eager"
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir).video_processor
+        cfg = self.model.config
+        v = cfg.vision_config
+        self.image_size = v.image_size
+        self.tokens = ((v.image_size // v.patch_size + 1) // 2) ** 2
+        self.hidden = cfg.text_config.hidden_size
+        self.lm = self.model.model.language_model
+
+    def pixels(self, chunk):
+        return self.processor(videos=[chunk], return_tensors="pt")["pixel_values_videos"]
+
+    def features(self, pixels, n):
+        cfg = self.model.config
+        features = self.model.model.get_video_features(
+            pixel_values_videos=pixels,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        ).pooler_output
+        # [1, n * tokens + 1 (newline), hidden] -> per-frame [n, tokens, hidden]
+        return features[0, :-1].reshape(n, self.tokens, self.hidden)
+
+    def chunk(self, embeddings):
+        return embeddings
+
+
+class SmolVlmSide:
+    """SmolVLM: the video processor (two Lanczos resizes), `get_image_features` (tower,
+    post_layernorm, pixel shuffle, projection), a prefill of each frame's streaming chunk
+    (`\nFrame from 00:00:` and the image wrapper tokens around its 64 tokens), as
+    vstreamd encodes it."""
+
+    def __init__(self, torch, model_dir, dtype):
+        from transformers import AutoProcessor, SmolVLMForConditionalGeneration
+
+        self.torch = torch
+        self.model = SmolVLMForConditionalGeneration.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="eager"
+        ).eval()
+        processor = AutoProcessor.from_pretrained(model_dir)
+        self.processor = processor.video_processor
+        cfg = self.model.config
+        v = cfg.vision_config
+        self.image_size = v.image_size
+        self.tokens = (v.image_size // v.patch_size) ** 2 // cfg.scale_factor**2
+        self.hidden = cfg.text_config.hidden_size
+        self.lm = self.model.model.text_model
+        tok = processor.tokenizer
+        embed = self.model.get_input_embeddings()
+        with torch.inference_mode():
+            before = tok("\nFrame from 00:00:<fake_token_around_image><global-img>", add_special_tokens=False)
+            after = tok("<fake_token_around_image>", add_special_tokens=False)
+            self.before = embed(torch.tensor(before.input_ids))
+            self.after = embed(torch.tensor(after.input_ids))
+
+    def pixels(self, chunk):
+        return self.processor(videos=[chunk], return_tensors="pt")["pixel_values"]
+
+    def features(self, pixels, n):
+        out = self.model.model.get_image_features(pixels).pooler_output
+        return self.torch.cat(list(out), 0).reshape(n, self.tokens, self.hidden)
+
+    def chunk(self, embeddings):
+        return self.torch.cat([self.before, embeddings, self.after], 0)
+
+
 def transformers_side(args):
     import torch
     import transformers
-    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
     transformers.utils.logging.disable_progress_bar()
     threads = args.threads or os.cpu_count()
@@ -173,22 +263,16 @@ def transformers_side(args):
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
 
     load_start = time.perf_counter()
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-        args.model, dtype=dtype, attn_implementation="eager"
-    ).eval()
-    processor = AutoProcessor.from_pretrained(args.model).video_processor
+    family = family_of(args.model)
+    side = (SmolVlmSide if family == "smolvlm" else LlavaSide)(torch, args.model, dtype)
     load_s = time.perf_counter() - load_start
     hwm_load_kb, rss_loaded_kb = memory_kb()
 
-    cfg = model.config
-    v = cfg.vision_config
-    tokens = ((v.image_size // v.patch_size + 1) // 2) ** 2
-    hidden = cfg.text_config.hidden_size
-    lm = model.model.language_model
-    fh, fw = args.frame_size or (v.image_size, v.image_size)
+    tokens = side.tokens
+    lm = side.lm
+    fh, fw = args.frame_size or (side.image_size, side.image_size)
     frames = synthetic_frames(torch, 0, args.frames, fh, fw)
     checksum = int(frames.to(torch.int64).sum())
-    positions = torch.arange(tokens).unsqueeze(0)
 
     def encode_pass(keep):
         times = {"preprocess": 0.0, "tower": 0.0, "prefill": 0.0}
@@ -197,20 +281,14 @@ def transformers_side(args):
             chunk = frames[start : start + args.batch]
             n = chunk.shape[0]
             t0 = time.perf_counter()
-            pixels = processor(videos=[chunk], return_tensors="pt")["pixel_values_videos"]
+            pixels = side.pixels(chunk)
             t1 = time.perf_counter()
-            features = model.model.get_video_features(
-                pixel_values_videos=pixels,
-                vision_feature_layer=cfg.vision_feature_layer,
-                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-            ).pooler_output
-            # [1, n * tokens + 1 (newline), hidden] -> per-frame [n, tokens, hidden]
-            embeddings = features[0, :-1].reshape(n, tokens, hidden)
+            embeddings = side.features(pixels, n)
             t2 = time.perf_counter()
             for f in range(n):
-                out = lm(
-                    inputs_embeds=embeddings[f : f + 1], position_ids=positions, use_cache=True
-                )
+                inputs = side.chunk(embeddings[f])
+                positions = torch.arange(inputs.shape[0]).unsqueeze(0)
+                out = lm(inputs_embeds=inputs[None], position_ids=positions, use_cache=True)
                 if keep and start == 0 and f == 0:
                     first = {
                         "frame_embeddings": embeddings.float(),
@@ -244,6 +322,7 @@ def transformers_side(args):
     per_frame = {k: 1e3 * statistics.median(p[k] for p in passes) / args.frames for k in passes[0]}
     result = {
         "side": "transformers",
+        "family": family,
         "model": args.model,
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
@@ -349,20 +428,23 @@ def compare(args):
     started = time.perf_counter()
     print("== building benches/encode.rs (release)", flush=True)
     subprocess.run(["cargo", "bench", "--bench", "encode", "--no-run", "--quiet"], cwd=REPO, check=True)
-    print("== 0.5B-shaped checkpoint", flush=True)
-    subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "make_bench_checkpoint.py"), "--out", BIG],
-        check=True,
-    )
+    cases = [c for c in CASES if not args.cases or any(w.lower() in c[0].lower() for w in args.cases.split(","))]
+    make = os.path.join(REPO, "scripts", "make_bench_checkpoint.py")
+    if any(c[1] == BIG for c in cases):
+        print("== 0.5B-shaped checkpoint", flush=True)
+        subprocess.run([sys.executable, make, "--out", BIG], check=True)
+    if any(c[1] == SMOL for c in cases):
+        print("== SmolVLM2-256M-shaped checkpoint", flush=True)
+        subprocess.run([sys.executable, make, "--family", "smolvlm", "--out", SMOL], check=True)
     threads = args.threads or os.cpu_count()
     resolved, why = big_dtype(args.big_dtype)
-    print(f"== 0.5B-shape dtype: {resolved} ({why})", flush=True)
+    print(f"== big cases' dtype: {resolved} ({why})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vstreamd-bench-") as tmp:
-        for label, ckpt, dtype, frames, batch, iters, size in CASES:
+        for label, ckpt, dtype, frames, batch, iters, size in cases:
             dtype = resolved if dtype == "auto" else dtype
-            # Alternating rounds on the big case: the machine's speed drifts over minutes.
-            rounds = args.rounds if ckpt == BIG else 1
+            # Alternating rounds on the big cases: the machine's speed drifts over minutes.
+            rounds = args.rounds if ckpt in BIG_CASES else 1
             results = {"vstreamd": [], "transformers": []}
             for r in range(rounds):
                 dump = os.path.join(tmp, f"{label}-{dtype}-{r}.safetensors")
@@ -395,7 +477,9 @@ def compare(args):
                     sys.exit(f"frames differ: checksum {rust['checksum']} vs {hf['checksum']}")
                 results["vstreamd"].append(rust)
                 results["transformers"].append(hf)
-            rows.append(summarise(label, dtype, results))
+            row = summarise(label, dtype, results)
+            row["big"] = ckpt in BIG_CASES
+            rows.append(row)
     print_table(rows, time.perf_counter() - started)
 
 
@@ -473,24 +557,26 @@ def print_table(rows, elapsed):
             f"  {row['label']:<11} {row['dtype']:<5} vstreamd {row['vstreamd']['hwm_encode'] / 1024:.0f} MiB, "
             f"transformers {row['transformers']['hwm_encode'] / 1024:.0f} MiB"
         )
-    row = rows[-1]
-    ok_ratio = row["ratio"] >= TARGET_RATIO
-    ok_pct = row["vstreamd"]["pct"] >= TARGET_PCT
-    print(
-        f"targets on {row['label']} {row['dtype']}: ratio {row['ratio']:.2f}x "
-        f"(>= {TARGET_RATIO}x: {'met' if ok_ratio else 'NOT met'}); "
-        f"{row['vstreamd']['pct']:.1f}% of the matmul ceiling "
-        f"(>= {TARGET_PCT:.0f}%: {'met' if ok_pct else 'NOT met'})"
-    )
-    if not ok_ratio:
-        # Both sides run the same libtorch GEMMs; the ratio can't exceed the ceiling's
-        # share over transformers' own share.
-        needed = TARGET_RATIO * row["transformers"]["pct"]
+    for row in [r for r in rows if r.get("big")]:
+        ok_ratio = row["ratio"] >= TARGET_RATIO
+        ok_pct = row["vstreamd"]["pct"] >= TARGET_PCT
         print(
-            f"  bound: transformers runs at {row['transformers']['pct']:.1f}% of the ceiling, so "
-            f"{TARGET_RATIO}x would need vstreamd at {needed:.0f}% of it; at 100% the ratio "
-            f"would be {100.0 / row['transformers']['pct']:.2f}x"
+            f"targets on {row['label']} {row['dtype']}: ratio {row['ratio']:.2f}x "
+            f"(>= {TARGET_RATIO}x: {'met' if ok_ratio else 'NOT met'}); "
+            f"{row['vstreamd']['pct']:.1f}% of the matmul ceiling "
+            f"(>= {TARGET_PCT:.0f}%: {'met' if ok_pct else 'NOT met'}); "
+            f"real-time factor at 1 fps sampling: {row['vstreamd']['fps']:.2f} "
+            f"(transformers {row['transformers']['fps']:.2f})"
         )
+        if not ok_ratio:
+            # Both sides run the same libtorch GEMMs; the ratio can't exceed the ceiling's
+            # share over transformers' own share.
+            needed = TARGET_RATIO * row["transformers"]["pct"]
+            print(
+                f"  bound: transformers runs at {row['transformers']['pct']:.1f}% of the ceiling, so "
+                f"{TARGET_RATIO}x would need vstreamd at {needed:.0f}% of it; at 100% the ratio "
+                f"would be {100.0 / row['transformers']['pct']:.2f}x"
+            )
     print(f"total {elapsed:.0f} s")
 
 
@@ -509,6 +595,7 @@ def main():
                     help="dtype of the 0.5B case (auto: bf16 only where the CPU multiplies bf16 natively)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds on the 0.5B case (--compare)")
     ap.add_argument("--check", help="vstreamd's VSTREAMD_BENCH_DUMP file to compare outputs with")
+    ap.add_argument("--cases", default="", help="with --compare: comma-separated label parts (e.g. smolvlm,tiny)")
     args = ap.parse_args()
     reexec_in_pyref()
     if args.compare:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A random LLaVA-OneVision-0.5B-shaped checkpoint for the encode benchmark (never committed).
+"""Random checkpoints of real models' shapes for the encode benchmark (never committed).
 
-Shapes are those of llava-onevision-qwen2-0.5b-ov:
+`--family llava_onevision` (default): shapes of llava-onevision-qwen2-0.5b-ov:
 
 - vision tower: SigLIP-so400m-patch14-384 (hidden 1152, intermediate 4304, 26 layers,
   16 heads, patch 14 -> 27x27 = 729 patches), `vision_feature_layer` -1, select
@@ -19,6 +19,18 @@ size and the image/video token ids kept at the tiny tokenizer's `<image>`/`<vide
 Image size: 384 as the real checkpoint says; patch 14 does not divide it, so the
 stride-14 patch conv drops the last 6 pixel rows and columns (27x27 patches), as in
 `transformers`.
+
+`--family smolvlm`: shapes of SmolVLM2-256M-Video-Instruct: vision tower hidden 768,
+intermediate 3072, 12 layers, 12 heads, 512 px in patches of 16 (32x32 = 1024 patches),
+pixel-shuffle scale 4 (64 tokens a frame, connector 12288 -> 576 without bias);
+decoder SmolLM2-135M (hidden 576, intermediate 1536, 30 layers, 9 heads, 3 KV heads,
+rope_theta 1e5, vocab 49280, an untied LM head). The processor config is written as the
+hub checkpoint lays it out (`preprocessor_config.json` with `size` longest edge 2048,
+`max_image_size` 512 and `video_sampling`), so video frames are resized to a longest
+edge of 2048 and then to 512x512, as `SmolVLMVideoProcessor` does with it. The
+tokenizer is the tiny SmolVLM fixture's (`tests/fixtures/smolvlm/tiny_s`): the encode
+path needs only the frame chunk's few text tokens, whose ids are rows of the real
+vocabulary.
 
 Usage (reference environment, see scripts/setup-python.sh):
 
@@ -38,6 +50,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "fixtures", "llava_ov", "tiny_a")
 DEFAULT_OUT = os.path.join(REPO, "target", "bench-checkpoints", "llava_ov_0p5b_shape")
+SMOL_OUT = os.path.join(REPO, "target", "bench-checkpoints", "smolvlm2_256m_shape")
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 VISION = dict(
@@ -139,6 +152,81 @@ def build(out, vocab_size, image_size, seed):
     return params
 
 
+SMOL_TINY = os.path.join(REPO, "tests", "fixtures", "smolvlm", "tiny_s")
+SMOL_VISION = dict(
+    model_type="smolvlm_vision",
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=512,
+    patch_size=16,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+)
+SMOL_TEXT = dict(
+    model_type="llama",
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=False,
+)
+
+
+def build_smolvlm(out, vocab_size, seed):
+    import torch
+    import transformers
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    transformers.utils.logging.disable_progress_bar()
+    with open(os.path.join(SMOL_TINY, "config.json")) as f:
+        tiny = json.load(f)
+    text = dict(SMOL_TEXT, vocab_size=vocab_size)
+    text["eos_token_id"] = tiny["text_config"]["eos_token_id"]
+    text["pad_token_id"] = tiny["text_config"]["pad_token_id"]
+    text["bos_token_id"] = None
+    config = SmolVLMConfig(
+        vision_config=SMOL_VISION, text_config=text, image_token_id=tiny["image_token_id"],
+        scale_factor=4, tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        model = SmolVLMForConditionalGeneration(config)
+    model = model.to(torch.bfloat16).to_empty(device="cpu").eval()
+    randomise(model, seed)
+
+    staging = out + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(SMOL_TINY, name), os.path.join(staging, name))
+    grid = SMOL_VISION["image_size"] // SMOL_VISION["patch_size"]
+    hub = {
+        "image_processor_type": "SmolVLMImageProcessor", "processor_class": "SmolVLMProcessor",
+        "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
+        "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "max_image_size": {"longest_edge": SMOL_VISION["image_size"]}, "resample": 1,
+        "rescale_factor": 1 / 255, "size": {"longest_edge": 2048},
+        "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": SMOL_VISION["image_size"]}},
+    }
+    with open(os.path.join(staging, "preprocessor_config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    with open(os.path.join(staging, "processor_config.json"), "w") as f:
+        json.dump({"image_seq_len": grid * grid // 16, "processor_class": "SmolVLMProcessor"}, f, indent=2)
+    params = sum(p.numel() for p in model.parameters())
+    with open(os.path.join(staging, ".complete"), "w") as f:
+        json.dump({"family": "smolvlm", "parameters": params, "vocab_size": vocab_size, "seed": seed}, f)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return params
+
+
 def reexec_in_pyref():
     """Runs under the reference environment's Python, as bench_encode.py does."""
     for env in (os.environ.get("VSTREAMD_PYREF"), "/opt/vstreamd/pyref", "/opt/pyref"):
@@ -152,27 +240,34 @@ def reexec_in_pyref():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--vocab", type=int, default=151936, help="decoder vocabulary size")
+    ap.add_argument("--family", default="llava_onevision", choices=["llava_onevision", "smolvlm"])
+    ap.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (llava_onevision), {SMOL_OUT} (smolvlm)")
+    ap.add_argument("--vocab", type=int, default=None, help="decoder vocabulary size (default: the real model's)")
     ap.add_argument("--image-size", type=int, default=VISION["image_size"], help="tower input size (see above)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if present")
     args = ap.parse_args()
     reexec_in_pyref()
-    out = os.path.abspath(args.out)
+    smol = args.family == "smolvlm"
+    out = os.path.abspath(args.out or (SMOL_OUT if smol else DEFAULT_OUT))
+    vocab = args.vocab or (49280 if smol else 151936)
     if not args.force and os.path.exists(os.path.join(out, ".complete")):
         with open(os.path.join(out, ".complete")) as f:
             done = json.load(f)
-        wanted = {"vocab_size": args.vocab, "image_size": args.image_size, "seed": args.seed}
+        wanted = {"vocab_size": vocab, "seed": args.seed}
+        wanted.update({"family": "smolvlm"} if smol else {"image_size": args.image_size})
         if all(done.get(k) == v for k, v in wanted.items()):
             print(f"[make_bench_checkpoint] present: {out}", file=sys.stderr)
             return
     os.makedirs(os.path.dirname(out), exist_ok=True)
     start = time.perf_counter()
-    params = build(out, args.vocab, args.image_size, args.seed)
+    if smol:
+        params = build_smolvlm(out, vocab, args.seed)
+    else:
+        params = build(out, vocab, args.image_size, args.seed)
     print(
         f"[make_bench_checkpoint] wrote {out}: {params / 1e6:.0f}M parameters (bf16), "
-        f"vocab {args.vocab}, image {args.image_size}, {time.perf_counter() - start:.0f} s",
+        f"vocab {vocab}, {args.family}, {time.perf_counter() - start:.0f} s",
         file=sys.stderr,
     )
 

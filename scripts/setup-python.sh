@@ -27,6 +27,7 @@ PACKAGES=(
   "safetensors==0.8.0"
   "pillow==13.0.0"
   "numpy==2.4.6"
+  "num2words==0.5.14"
 )
 
 log() { printf '[setup-python] %s\n' "$*" >&2; }

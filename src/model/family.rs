@@ -91,6 +91,9 @@ pub struct ModelSummary {
     pub tokens_per_frame_chunk: i64,
     pub max_position_embeddings: i64,
     pub kv_bytes_per_token_fp16: i64,
+    /// Matmul GFLOP to encode one frame: tower, connector, prefill of its chunk
+    /// ([`VideoLlm::encode_flops`]).
+    pub encode_gflops_per_frame: f64,
     pub dtype: String,
     pub device: String,
 }
@@ -120,6 +123,11 @@ pub trait VideoLlm: Send {
     fn encode_frames(&self, pixels: &Tensor) -> ModelResult<Tensor>;
     /// Visual embeddings per frame.
     fn tokens_per_frame(&self) -> i64;
+    /// Analytic FLOPs (a multiply-add counts 2, matmuls only) to encode one frame as the
+    /// engine does: vision tower, connector or projector, and the decoder prefill of the
+    /// frame's chunk against an empty context. Norms, activations, softmax, rotary and
+    /// preprocessing (a fraction of a percent) are left out; no LM head.
+    fn encode_flops(&self) -> f64;
 
     /// Token ids before the first frame: the attention sinks of every stream, the same
     /// for every question.
@@ -155,6 +163,33 @@ pub trait VideoLlm: Send {
         fps: f64,
         prompt: &str,
     ) -> ModelResult<(Vec<i64>, Tensor)>;
+}
+
+/// Matmul FLOPs of a SigLIP-style tower over `patches` tokens of width `d`, MLP width
+/// `i`, through `layers` layers, with a patch conv of `patch_inputs` values per patch:
+/// conv `2·P·d·(c·p²)`; per layer q,k,v,o `4·2·P·d²`, fc1/fc2 `2·2·P·d·i`, QKᵀ and AV
+/// `2·2·P²·d`.
+pub fn vision_flops(patches: f64, d: f64, i: f64, layers: f64, patch_inputs: f64) -> f64 {
+    2.0 * patches * d * patch_inputs
+        + layers
+            * (4.0 * 2.0 * patches * d * d
+                + 2.0 * 2.0 * patches * d * i
+                + 2.0 * 2.0 * patches * patches * d)
+}
+
+/// Matmul FLOPs of a causal prefill of `tokens` tokens through `decoder` with an empty
+/// context: per layer q,o `2·2·T·H·(n·d)`, k,v `2·2·T·H·(m·d)`, gate/up/down
+/// `3·2·T·H·J`, QKᵀ and AV `2·2·(T(T+1)/2)·n·d` (the lower triangle).
+pub fn prefill_flops(decoder: &crate::model::decoder::LlamaConfig, tokens: f64) -> f64 {
+    let h = decoder.hidden_size as f64;
+    let qd = (decoder.num_attention_heads * decoder.head_dim()) as f64;
+    let kvd = (decoder.kv_heads() * decoder.head_dim()) as f64;
+    let j = decoder.intermediate_size as f64;
+    let per_layer = 2.0 * 2.0 * tokens * h * qd
+        + 2.0 * 2.0 * tokens * h * kvd
+        + 3.0 * 2.0 * tokens * h * j
+        + 2.0 * tokens * (tokens + 1.0) * qd;
+    decoder.num_hidden_layers as f64 * per_layer
 }
 
 /// Any family's model, boxed for the engine (`Engine::start(model, ..)`).
