@@ -173,18 +173,18 @@ fn run_model(args: &RunArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model)?;
     let frames = read_frames(&args.frames)?;
     let start = Instant::now();
-    let (ids, embeds) = model.video_prompt(&frames, args.fps, &args.prompt)?;
-    let (tokens, logits) = model.generate_greedy(&embeds, args.max_new_tokens)?;
+    let prompt = model.video_prompt(&frames, args.fps, &args.prompt)?;
+    let (tokens, logits) = model.generate_greedy(&prompt, args.max_new_tokens)?;
     tracing::info!(
         frames = frames.size()[0],
-        prompt_tokens = ids.len(),
+        prompt_tokens = prompt.ids.len(),
         new_tokens = tokens.len(),
         seconds = start.elapsed().as_secs_f64(),
         "answered"
     );
     println!("{}", model.detokenize(&tokens)?);
     if let Some(out) = &args.dump_logits {
-        let input_ids = Tensor::from_slice(&ids);
+        let input_ids = Tensor::from_slice(&prompt.ids);
         let logits = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu);
         Tensor::write_safetensors(&[("logits", &logits), ("input_ids", &input_ids)], out)
             .with_context(|| format!("writing {}", out.display()))?;

@@ -222,3 +222,49 @@ fn single_layers_dequantise_like_the_whole_block() {
         ));
     }
 }
+
+/// A block of several frames laid out as a grid (Qwen2.5-VL's temporal patch) keeps its
+/// layout through serialisation; a one-frame run is serialised exactly as before layouts
+/// existed (no extension: segments written by earlier builds read the same), and a
+/// layout that does not fit the block's tokens is refused.
+#[test]
+fn block_layouts_survive_serialisation_and_old_bytes_read_the_same() {
+    use vstreamd::model::BlockLayout;
+    let run = CompressedBlock::compress(&block(1, 2, 7), Quant::Int8).unwrap();
+    let bytes = run.to_bytes();
+    assert_eq!(
+        bytes[40] & 0x80,
+        0,
+        "no layout extension for a one-frame run"
+    );
+    assert_eq!(bytes.len(), run.stored_len());
+    let back = CompressedBlock::from_bytes(&bytes).unwrap();
+    assert_eq!(back.meta.layout, BlockLayout::run(1));
+    assert_eq!(back, run);
+
+    // 196 tokens as 14 × 14 merged patches covering 2 frames.
+    let grid = BlockLayout {
+        frames: 2,
+        grid: (14, 14),
+    };
+    let laid = CompressedBlock::compress(&block(2, 2, 8).with_layout(grid), Quant::Int4).unwrap();
+    let bytes = laid.to_bytes();
+    assert_eq!(bytes.len(), laid.stored_len());
+    assert_eq!(
+        bytes.len(),
+        run.stored_len() - run.kv_bytes() + laid.kv_bytes() + 12
+    );
+    let back = CompressedBlock::from_bytes(&bytes).unwrap();
+    assert_eq!(back.meta.layout, grid);
+    assert_eq!(back, laid);
+
+    let misfit = BlockLayout {
+        frames: 2,
+        grid: (10, 10),
+    };
+    let bad = CompressedBlock::compress(&block(3, 1, 9).with_layout(misfit), Quant::F16).unwrap();
+    assert!(matches!(
+        CompressedBlock::from_bytes(&bad.to_bytes()),
+        Err(KvError::InvalidBlock(_))
+    ));
+}

@@ -23,7 +23,7 @@ mod common;
 use common::engine::{self, prepare, question_logits, stamp, store};
 use common::{fixture_of, max_abs_diff, read_frames_dir, read_golden};
 use vstreamd::model::{
-    AttnContext, ForwardOptions, ModelOptions, Positions, Precision, SmolVlm, VideoLlm,
+    AttnContext, ForwardOptions, ModelOptions, Positions, Precision, SmolVlm, VideoLlm, VideoPrompt,
 };
 
 const CHECKPOINTS: [&str; 2] = ["tiny_s", "tiny_t"];
@@ -67,7 +67,8 @@ fn logits_and_greedy_tokens_match_transformers() {
         let d = max_abs_diff(&features, &g["image_features"]);
         assert!(d <= TOL, "{name}: image features differ by {d}");
 
-        let (ids, embeds) = model.video_prompt(&video, fps(name), PROMPT).unwrap();
+        let VideoPrompt { ids, embeds, .. } =
+            model.video_prompt(&video, fps(name), PROMPT).unwrap();
         assert_eq!(
             ids,
             Vec::<i64>::try_from(&g["input_ids"]).unwrap(),
@@ -92,7 +93,7 @@ fn bf16_stays_within_a_stated_bound() {
     for name in CHECKPOINTS {
         let model = load(name, Precision::Bf16);
         let g = golden(name);
-        let (_, embeds) = model
+        let VideoPrompt { embeds, .. } = model
             .video_prompt(&frames(name), fps(name), PROMPT)
             .unwrap();
         let (_, logits) = model.decoder().generate_greedy(&embeds, 1, &[]).unwrap();
@@ -183,7 +184,7 @@ fn keys_stored_before_rotary_and_placed_again_equal_keys_in_place() {
         let model = load(name, Precision::F32);
         let m: &dyn VideoLlm = &model;
         let dec = model.decoder();
-        let (_, embeds) = model
+        let VideoPrompt { embeds, .. } = model
             .video_prompt(&frames(name), fps(name), PROMPT)
             .unwrap();
         let t = embeds.size()[0];

@@ -22,7 +22,7 @@ use tch::{Kind, Tensor};
 
 use crate::engine::config::{AskMode, AskRequest, Sampling};
 use crate::engine::prompt::PromptLayout;
-use crate::engine::stream::{StreamCtx, WindowFrame};
+use crate::engine::stream::{layouts, StreamCtx, WindowFrame};
 use crate::error::{EngineError, EngineResult};
 use crate::kv::{BlockMeta, CompressedBlock, Tier};
 use crate::metrics as names;
@@ -87,6 +87,8 @@ pub struct Prepared {
     /// The question chunk's embeddings [T, hidden] and their positions.
     pub question: Tensor,
     pub positions: Positions,
+    /// Position of the first generated token.
+    pub next_position: i64,
     /// In temporal order.
     pub citations: Vec<Citation>,
     pub figures: Figures,
@@ -99,6 +101,7 @@ impl Prepared {
             ctx: AttnContext::new(0),
             question: Tensor::new(),
             positions: Positions::from_tensor(Tensor::new()),
+            next_position: 0,
             citations: Vec::new(),
             figures: Figures::default(),
         }
@@ -184,26 +187,20 @@ pub fn prepare(
         .iter()
         .map(|p| candidates[p.index].seq)
         .collect();
-    // The context must fit the model's positions; checked before any block is loaded.
-    let block_tokens = selection
-        .per_layer
-        .iter()
-        .map(|chosen| {
-            chosen
-                .iter()
-                .map(|&i| i64::from(candidates[i].tokens))
-                .sum::<i64>()
-        })
-        .max()
-        .unwrap_or(0);
-    let recent_tokens: i64 = recent_idx
-        .iter()
-        .map(|&i| stream.window()[i].kv.len())
-        .sum();
-    new_tokens_room(
-        model,
-        stream.sinks().len() + block_tokens + recent_tokens + question.size()[0],
-    )?;
+    // Positions of everything, planned from the blocks' metas: the context must fit
+    // the model's positions, checked before any block is loaded.
+    let plan = {
+        let recent: Vec<&WindowFrame> = recent_idx.iter().map(|&i| &stream.window()[i]).collect();
+        plan_positions(
+            model,
+            stream,
+            &candidates,
+            &selection,
+            &recent,
+            question.size()[0],
+        )?
+    };
+    new_tokens_room(model, plan.next)?;
     let loaded = stream.store.get_many(&picked)?;
     let retrieval_time = started.elapsed();
     let recent: Vec<&WindowFrame> = recent_idx.iter().map(|&i| &stream.window()[i]).collect();
@@ -245,7 +242,7 @@ pub fn prepare(
     record_loads(&figures, retrieval_time);
 
     // [sinks + per-layer blocks], then the window, then the question.
-    let mut ctx = stream.sinks_and(model, &[])?;
+    let (mut ctx, _) = stream.sinks_and(model, &[])?;
     if selection.k() > 0 {
         let mut per_layer = Vec::with_capacity(layers);
         for (l, chosen) in selection.per_layer.iter().enumerate() {
@@ -266,48 +263,108 @@ pub fn prepare(
                 values: Tensor::f_cat(&values, 1)?,
             });
         }
-        let t = per_layer[0].keys.size()[1];
-        if per_layer.iter().all(|kv| kv.keys.size()[1] == t) {
-            let at = model.positions(ctx.len(), t)?;
-            model.place(&mut ctx, &per_layer, &at)?;
-        } else {
+        match &plan.blocks {
+            LayerPositions::Shared(at) => model.place(&mut ctx, &per_layer, at)?,
             // Blocks of different lengths in different layers (a family whose chunks
             // vary): each layer placed at its own positions.
-            model.place_ragged(&mut ctx, &per_layer)?;
+            LayerPositions::PerLayer(each) => model.place_ragged(&mut ctx, &per_layer, each)?,
         }
     }
-    if !recent.is_empty() {
+    if let Some(at) = &plan.window {
         let parts: Vec<&crate::model::KvSegment> = recent.iter().map(|f| &f.kv).collect();
         let window = crate::model::KvSegment::concat(&parts)?;
-        let at = model.positions(ctx.len(), window.len())?;
-        model.place(&mut ctx, &window.layers, &at)?;
+        model.place(&mut ctx, &window.layers, at)?;
     }
     figures.context_tokens = ctx.len();
-    let q_len = question.size()[0];
-    let positions = model.positions(ctx.len(), q_len)?;
     citations.sort_by_key(|c| c.seq);
     Ok(Prepared {
         ctx,
         question,
-        positions,
+        positions: plan.question,
+        next_position: plan.next,
         citations,
         figures,
     })
 }
 
-/// How many new tokens fit after a context of `context` tokens (sinks, frames,
-/// question) within the model's `max_position_embeddings`: a context that leaves no room
-/// is refused (the client asked for too many frames); answers are cut to the room left
-/// (they end with LENGTH there).
-pub fn new_tokens_room(model: &dyn VideoLlm, context: i64) -> EngineResult<usize> {
+/// Where the retrieved blocks go: the same positions in every layer, or each layer
+/// its own (layers holding different numbers of tokens).
+enum LayerPositions {
+    Shared(Positions),
+    PerLayer(Vec<Positions>),
+}
+
+/// Positions of a question's context after the sinks: the chosen blocks, the window,
+/// the question, and where generated tokens start.
+struct Plan {
+    blocks: LayerPositions,
+    window: Option<Positions>,
+    question: Positions,
+    next: i64,
+}
+
+/// Plans the positions of `[sinks + each layer's chosen blocks + recent + question]`
+/// from the blocks' metas alone (nothing is loaded yet).
+fn plan_positions(
+    model: &dyn VideoLlm,
+    stream: &StreamCtx,
+    candidates: &[BlockMeta],
+    selection: &Selection,
+    recent: &[&WindowFrame],
+    question_tokens: i64,
+) -> EngineResult<Plan> {
+    let (_, sinks) = stream.sinks_and(model, &[])?;
+    let mut per_layer = Vec::with_capacity(selection.per_layer.len());
+    let mut cursors = Vec::with_capacity(selection.per_layer.len());
+    for chosen in &selection.per_layer {
+        let mut cursor = sinks;
+        let planned = layouts(chosen.iter().map(|&i| &candidates[i]));
+        per_layer.push((model.block_positions(&mut cursor, &planned)?, planned));
+        cursors.push(cursor);
+    }
+    // The context grows by its longest layer; what follows goes after it.
+    let mut cursor = cursors
+        .iter()
+        .copied()
+        .max_by_key(|c| (c.next, c.end))
+        .unwrap_or(sinks);
+    cursor.end = cursors.iter().map(|c| c.end).max().unwrap_or(cursor.end);
+    let same = per_layer.windows(2).all(|w| w[0].1 == w[1].1);
+    let blocks = if same {
+        match per_layer.into_iter().next() {
+            Some((at, _)) => LayerPositions::Shared(at),
+            None => LayerPositions::Shared(model.positions(cursor.next, 0)?),
+        }
+    } else {
+        LayerPositions::PerLayer(per_layer.into_iter().map(|(at, _)| at).collect())
+    };
+    let window = if recent.is_empty() {
+        None
+    } else {
+        Some(model.block_positions(&mut cursor, &layouts(recent.iter().map(|f| &f.meta)))?)
+    };
+    let question = model.text_positions(&mut cursor, question_tokens)?;
+    Ok(Plan {
+        blocks,
+        window,
+        question,
+        next: cursor.end,
+    })
+}
+
+/// How many new tokens fit when the first would sit at position `next` (after the
+/// sinks, frames and question) within the model's `max_position_embeddings`: a context
+/// that leaves no room is refused (the client asked for too many frames); answers are
+/// cut to the room left (they end with LENGTH there).
+pub fn new_tokens_room(model: &dyn VideoLlm, next: i64) -> EngineResult<usize> {
     let limit = model.max_positions();
-    if context >= limit {
+    if next >= limit {
         return Err(EngineError::InvalidRequest(format!(
-            "the context would hold {context} tokens, the model has {limit} positions: ask \
+            "the context would reach position {next}, the model has {limit} positions: ask \
              for fewer frames (top_k, recent_frames, a narrower range)"
         )));
     }
-    Ok(usize::try_from(limit - context).unwrap_or(0))
+    Ok(usize::try_from(limit - next).unwrap_or(0))
 }
 
 fn record_loads(figures: &Figures, took: Duration) {
@@ -327,9 +384,8 @@ fn question_queries(
     recent: &[&WindowFrame],
     question: &Tensor,
 ) -> EngineResult<Vec<f32>> {
-    let mut ctx = stream.sinks_and(model, recent)?;
-    let q_len = question.size()[0];
-    let pos = model.positions(ctx.len(), q_len)?;
+    let (mut ctx, mut cursor) = stream.sinks_and(model, recent)?;
+    let pos = model.text_positions(&mut cursor, question.size()[0])?;
     let opts = ForwardOptions {
         return_queries: true,
         ..Default::default()
@@ -409,7 +465,7 @@ impl Decoding {
         )?;
         let last = out.hidden.f_narrow(0, out.hidden.size()[0] - 1, 1)?;
         let next = pick(&dec.logits(&last)?, sampling, &mut rng)?;
-        let pos = prepared.ctx.len();
+        let pos = prepared.next_position;
         Ok(Self {
             prepared,
             next,

@@ -9,9 +9,13 @@
 //! the stream runs, and the cost of a frame never grows. With a window wider than the
 //! stream this is exactly the contiguous prefill of the whole video.
 //!
-//! Every encoded frame becomes a [`Block`] handed to the store at once (the store's
+//! Every encoded block (a frame, or a family's group of frames such as Qwen2.5-VL's
+//! temporal patch of two) becomes a [`Block`] handed to the store at once (the store's
 //! own policy decides when it is durable); the window keeps its own full-precision
-//! copy until the frame slides out.
+//! copy until the block slides out. Positions follow the family's count
+//! ([`VideoLlm::block_positions`]): a run of tokens for 1-D families; for M-RoPE the
+//! window's blocks take temporal indices 0, 1, ... after the sinks, spaced by the
+//! stream's frame interval as measured from its frames' stream times.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -25,7 +29,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::kv::disk::RecoveryReport;
 use crate::kv::{Appended, Block, BlockMeta, KvStore, StoreConfig};
 use crate::metrics as names;
-use crate::model::{AttnContext, ForwardOptions, KvSegment, VideoLlm};
+use crate::model::{AttnContext, BlockLayout, Cursor, ForwardOptions, KvSegment, VideoLlm};
 
 /// When a frame was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,7 @@ pub struct FrameStamp {
     pub wall: SystemTime,
 }
 
-/// A frame in the recent window. Invariant: `kv` holds the frame's chunk (as many tokens
+/// A block in the recent window. Invariant: `kv` holds the block's chunk (as many tokens
 /// as its block) with keys before rotary, in the model dtype and device.
 #[derive(Debug)]
 pub struct WindowFrame {
@@ -57,6 +61,19 @@ pub struct StreamCtx {
     /// (ingest counts from zero each time the daemon starts).
     pts_offset: Duration,
     frames_encoded: u64,
+    /// Stream seconds between the last two frames encoded (1 until two are seen):
+    /// what spaces blocks on a temporal position axis.
+    frame_seconds: f64,
+    /// Stream time of the last frame encoded.
+    last_pts: Option<Duration>,
+}
+
+/// Tokens and layout of each of `blocks`, as position planning takes them.
+pub fn layouts<'a>(blocks: impl IntoIterator<Item = &'a BlockMeta>) -> Vec<(i64, BlockLayout)> {
+    blocks
+        .into_iter()
+        .map(|m| (i64::from(m.tokens), m.layout))
+        .collect()
 }
 
 impl StreamCtx {
@@ -88,6 +105,8 @@ impl StreamCtx {
                 // One nominal second after the last block seen before the restart.
                 pts_offset: last.map_or(Duration::ZERO, |m| m.pts + Duration::from_secs(1)),
                 frames_encoded: 0,
+                frame_seconds: 1.0,
+                last_pts: None,
             },
             report,
         ))
@@ -110,74 +129,97 @@ impl StreamCtx {
         self.frames_encoded
     }
 
-    /// A context of the sinks at `0..S` followed by `frames` contiguously.
+    /// Stream seconds between consecutive frames, as last measured.
+    pub fn frame_seconds(&self) -> f64 {
+        self.frame_seconds
+    }
+
+    /// A context of the sinks at `0..S` followed by `frames` contiguously, and the
+    /// cursor after them.
     pub fn sinks_and(
         &self,
         model: &dyn VideoLlm,
         frames: &[&WindowFrame],
-    ) -> EngineResult<AttnContext> {
+    ) -> EngineResult<(AttnContext, Cursor)> {
         let mut ctx = AttnContext::new(model.decoder().num_layers());
-        let s = self.sinks.len();
-        model.place(&mut ctx, &self.sinks.layers, &model.positions(0, s)?)?;
+        let mut cursor = Cursor::new(self.frame_seconds);
+        let at = model.text_positions(&mut cursor, self.sinks.len())?;
+        model.place(&mut ctx, &self.sinks.layers, &at)?;
         if !frames.is_empty() {
             let parts: Vec<&KvSegment> = frames.iter().map(|f| &f.kv).collect();
             let window = KvSegment::concat(&parts)?;
-            model.place(&mut ctx, &window.layers, &model.positions(s, window.len())?)?;
+            let at =
+                model.block_positions(&mut cursor, &layouts(frames.iter().map(|f| &f.meta)))?;
+            model.place(&mut ctx, &window.layers, &at)?;
         }
-        Ok(ctx)
+        Ok((ctx, cursor))
     }
 
-    /// Encodes frames of this stream whose embeddings are `embeds` [n, tokens_per_frame,
-    /// hidden] (from [`VideoLlm::encode_frames`]): their chunks ([`VideoLlm::frame_chunk`])
-    /// run as one prefill after the sinks and the window; each frame's chunk is stored as
-    /// a block and slides the window.
+    /// Encodes blocks of this stream whose visual embeddings are `embeds` [n,
+    /// tokens_per_frame, hidden] (from [`VideoLlm::encode_frames`]); `stamps` are their
+    /// frames', [`VideoLlm::frames_per_block`] a block in order (the last block may
+    /// have fewer: a frame repeated to fill it has no stamp of its own). Their chunks
+    /// ([`VideoLlm::frame_chunk`]) run as one prefill after the sinks and the window;
+    /// each block's chunk is stored and slides the window.
     pub fn encode(
         &mut self,
         model: &dyn VideoLlm,
         embeds: &Tensor,
         stamps: &[FrameStamp],
     ) -> EngineResult<Vec<Appended>> {
-        let n = embeds.size3()?.0;
-        if n as usize != stamps.len() || n == 0 {
+        let n = embeds.size3()?.0 as usize;
+        let per = model.frames_per_block().max(1);
+        if n == 0 || stamps.len() > n * per || stamps.len() + per <= n * per {
             return Err(EngineError::Internal(format!(
-                "{n} frame embeddings for {} stamps",
+                "{n} blocks of {per} frame(s) for {} stamps",
                 stamps.len()
             )));
         }
-        let chunks = stamps
+        for stamp in stamps {
+            if let Some(last) = self.last_pts {
+                let gap = stamp.pts.saturating_sub(last).as_secs_f64();
+                if gap > 0.0 {
+                    self.frame_seconds = gap;
+                }
+            }
+            self.last_pts = Some(stamp.pts);
+        }
+        let firsts: Vec<FrameStamp> = stamps.chunks(per).map(|c| c[0]).collect();
+        let chunks = firsts
             .iter()
             .enumerate()
             .map(|(i, stamp)| {
                 model.frame_chunk(&embeds.f_get(i as i64)?, stamp.pts + self.pts_offset)
             })
             .collect::<Result<Vec<Tensor>, _>>()?;
+        let layout = model.block_layout();
         let lengths: Vec<i64> = chunks.iter().map(|c| c.size()[0]).collect();
-        let total: i64 = lengths.iter().sum();
         let window: Vec<&WindowFrame> = self.window.iter().collect();
-        let mut ctx = self.sinks_and(model, &window)?;
-        let start = ctx.len();
+        let (mut ctx, mut cursor) = self.sinks_and(model, &window)?;
+        let planned: Vec<(i64, BlockLayout)> = lengths.iter().map(|&l| (l, layout)).collect();
+        let at = model.block_positions(&mut cursor, &planned)?;
         let opts = ForwardOptions {
             return_kv: true,
             ..Default::default()
         };
-        let at = model.positions(start, total)?;
         let out = model
             .decoder()
             .forward(&Tensor::f_cat(&chunks, 0)?, &at, &mut ctx, opts)?;
         let kv = out
             .kv
             .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))?;
-        let mut appended = Vec::with_capacity(stamps.len());
+        let mut appended = Vec::with_capacity(firsts.len());
         let mut offset = 0;
-        for (stamp, len) in stamps.iter().zip(lengths) {
-            let frame_kv = kv.narrow(offset, len)?;
+        for (stamp, len) in firsts.iter().zip(lengths) {
+            let block_kv = kv.narrow(offset, len)?;
             offset += len;
             let block = Block::new(
                 self.next_seq,
                 stamp.pts + self.pts_offset,
                 stamp.wall,
-                frame_kv,
-            )?;
+                block_kv,
+            )?
+            .with_layout(layout);
             self.next_seq += 1;
             appended.push(self.store.append(&block)?);
             self.window.push_back(WindowFrame {
@@ -188,9 +230,9 @@ impl StreamCtx {
                 self.window.pop_front();
             }
         }
-        self.frames_encoded += n as u64;
+        self.frames_encoded += stamps.len() as u64;
         metrics::counter!(names::ENGINE_FRAMES_ENCODED, "stream" => self.id.to_string())
-            .increment(n as u64);
+            .increment(stamps.len() as u64);
         Ok(appended)
     }
 }
@@ -210,7 +252,7 @@ fn encode_sinks(model: &dyn VideoLlm, layout: &PromptLayout) -> EngineResult<KvS
         return_kv: true,
         ..Default::default()
     };
-    let at = model.positions(0, s)?;
+    let at = model.text_positions(&mut Cursor::new(1.0), s)?;
     let out = dec.forward(&dec.embed(&ids)?, &at, &mut ctx, opts)?;
     out.kv
         .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))

@@ -10,7 +10,10 @@
 //!    thread; while none waits, answers run until a request or a frame arrives;
 //! 4. encode one batch: up to `batch_frames` frames round robin over the streams (each
 //!    batch starts one stream further), the vision tower once over all of them, then
-//!    one prefill chunk per stream ([`StreamCtx::encode`]);
+//!    one prefill chunk per stream ([`StreamCtx::encode`]). A family whose blocks hold
+//!    several frames (Qwen2.5-VL: two) gets whole blocks: a stream's frames wait,
+//!    preprocessed, for the rest of their block; when its input ends, the last block
+//!    is filled by repeating its last frame, as `transformers` pads a video;
 //! 5. sleep on the request channel and the frame queues when there is nothing to do.
 //!
 //! The heartbeat (what the systemd watchdog checks) is written on progress — each
@@ -52,6 +55,8 @@ struct Entry {
     ingest: Option<StreamHandle>,
     input_ended: bool,
     last_error: Option<String>,
+    /// Preprocessed frames waiting for the rest of their block (fewer than a block).
+    pending: Vec<(Tensor, FrameStamp)>,
 }
 
 impl Entry {
@@ -197,7 +202,7 @@ impl Worker {
             }
             self.decode_turn(&requests);
             let batch = self.take_batch();
-            if !batch.is_empty() {
+            if !batch.is_empty() || self.partial_blocks_ended() {
                 self.encode_batch(batch);
             } else if self.open.is_empty() {
                 self.wait_for_work(&requests);
@@ -279,6 +284,7 @@ impl Worker {
             ingest,
             input_ended: false,
             last_error: None,
+            pending: Vec::new(),
         };
         let info = entry.info();
         self.streams.push(entry);
@@ -288,6 +294,13 @@ impl Worker {
 
     fn frames_waiting(&self) -> bool {
         self.streams.iter().any(|e| !e.frames.is_empty())
+    }
+
+    /// A stream's input ended with part of a block waiting.
+    fn partial_blocks_ended(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|e| e.input_ended && e.frames.is_empty() && !e.pending.is_empty())
     }
 
     /// Up to `batch_frames` frames, one per stream in turn, starting one stream further
@@ -327,10 +340,11 @@ impl Worker {
     fn encode_batch(&mut self, batch: Vec<(usize, Frame)>) {
         let started = Instant::now();
         let frames = batch.len();
-        let result = guarded("encode", || self.encode_frames(&batch));
+        let streams: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        let result = guarded("encode", || self.encode_frames(batch));
         if let Err(e) = result {
-            for (i, _) in &batch {
-                let entry = &mut self.streams[*i];
+            for i in streams {
+                let entry = &mut self.streams[i];
                 metrics::counter!(names::ENGINE_ENCODE_ERRORS, "stream" => entry.ctx.id.to_string(), "error_type" => e.error_type()).increment(1);
                 entry.last_error = Some(e.to_string());
             }
@@ -343,34 +357,54 @@ impl Worker {
         metrics::histogram!(names::ENGINE_BATCH_FRAMES).record(frames as f64);
     }
 
-    /// The vision tower once over the whole batch, then one prefill per stream.
-    fn encode_frames(&mut self, batch: &[(usize, Frame)]) -> EngineResult<()> {
-        let mut pixels = Vec::with_capacity(batch.len());
-        for (_, frame) in batch {
-            pixels.push(self.model.preprocess(&frame_tensor(frame)?)?);
+    /// Preprocesses the batch's frames into their streams' pending blocks, then runs the
+    /// vision tower once over every whole block, then one prefill per stream.
+    fn encode_frames(&mut self, batch: Vec<(usize, Frame)>) -> EngineResult<()> {
+        for (i, frame) in &batch {
+            let pixels = self.model.preprocess(&frame_tensor(frame)?)?;
+            let stamp = FrameStamp {
+                pts: frame.pts,
+                wall: frame.captured_at,
+            };
+            self.streams[*i].pending.push((pixels, stamp));
+        }
+        let per = self.model.frames_per_block().max(1);
+        // (stream, its blocks' stamps) in tower order; the tower's input rows.
+        let mut work: Vec<(usize, usize, Vec<FrameStamp>)> = Vec::new();
+        let mut pixels = Vec::new();
+        for (i, entry) in self.streams.iter_mut().enumerate() {
+            // A stream whose input ended takes its last, partial block too: its last
+            // frame is repeated to fill it.
+            let ended = entry.input_ended && entry.frames.is_empty();
+            let whole = if ended {
+                entry.pending.len()
+            } else {
+                entry.pending.len() / per * per
+            };
+            if whole == 0 {
+                continue;
+            }
+            let taken: Vec<(Tensor, FrameStamp)> = entry.pending.drain(..whole).collect();
+            let blocks = whole.div_ceil(per);
+            let stamps = taken.iter().map(|(_, s)| *s).collect();
+            let mut rows: Vec<Tensor> = taken.into_iter().map(|(p, _)| p).collect();
+            if let Some(last) = rows.last().map(Tensor::shallow_clone) {
+                while rows.len() < blocks * per {
+                    rows.push(last.shallow_clone());
+                }
+            }
+            pixels.extend(rows);
+            work.push((i, blocks, stamps));
+        }
+        if work.is_empty() {
+            return Ok(());
         }
         let embeds = self.model.encode_frames(&Tensor::f_cat(&pixels, 0)?)?;
         self.heartbeat.beat();
-        let mut order: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
-        order.sort_unstable();
-        order.dedup();
-        for i in order {
-            let rows: Vec<i64> = batch
-                .iter()
-                .enumerate()
-                .filter(|(_, (s, _))| *s == i)
-                .map(|(row, _)| row as i64)
-                .collect();
-            let stamps: Vec<FrameStamp> = batch
-                .iter()
-                .filter(|(s, _)| *s == i)
-                .map(|(_, f)| FrameStamp {
-                    pts: f.pts,
-                    wall: f.captured_at,
-                })
-                .collect();
-            let index = Tensor::from_slice(&rows).f_to_device(self.model.device())?;
-            let mine = embeds.f_index_select(0, &index)?;
+        let mut first = 0;
+        for (i, blocks, stamps) in work {
+            let mine = embeds.f_narrow(0, first, blocks as i64)?;
+            first += blocks as i64;
             let entry = &mut self.streams[i];
             if let Err(e) = entry.ctx.encode(&*self.model, &mine, &stamps) {
                 metrics::counter!(names::ENGINE_ENCODE_ERRORS, "stream" => entry.ctx.id.to_string(), "error_type" => e.error_type()).increment(stamps.len() as u64);
@@ -432,8 +466,7 @@ impl Worker {
             self.config.layer_selection,
             SystemTime::now(),
         )?;
-        let context = prepared.figures.context_tokens + prepared.question.size()[0];
-        let room = answer::new_tokens_room(&*self.model, context)?;
+        let room = answer::new_tokens_room(&*self.model, prepared.next_position)?;
         let max_new = req
             .max_new_tokens
             .unwrap_or(self.config.max_new_tokens)

@@ -6,6 +6,13 @@
 //! [`Block`] holds tensors as the model produced them; [`CompressedBlock`] is the stored
 //! form (32- or 16-bit floats, or int8/int4 quantised as in [`super::quant`]) with its
 //! serialisation, used by both the RAM tier and the disk tier.
+//!
+//! A block may cover several frames and lay its tokens out as a grid (Qwen2.5-VL: a
+//! temporal patch of two frames, its merged patches placed with multi-axis positions):
+//! its [`BlockLayout`] travels with it. Serialised, the layout follows the fixed header
+//! when the quantisation byte has its high bit set; a block of one frame laid out as a
+//! run (every block written before layouts existed) has no such extension, so those
+//! bytes are unchanged.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::quant::{dequantize, quantize, Grouping, Quant, Quantized};
 use crate::error::KvError;
-use crate::model::{KvSegment, LayerKv};
+use crate::model::{BlockLayout, KvSegment, LayerKv};
 
 /// Where and when a block's frame was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +36,8 @@ pub struct BlockMeta {
     pub layers: u32,
     pub kv_heads: u32,
     pub head_dim: u32,
+    /// Frames covered and how the tokens are laid out (what placing the block needs).
+    pub layout: BlockLayout,
 }
 
 impl BlockMeta {
@@ -103,10 +112,17 @@ impl Block {
                 layers: kv.layers.len() as u32,
                 kv_heads: heads as u32,
                 head_dim: dim as u32,
+                layout: BlockLayout::run(1),
             },
             kv,
             rep_keys,
         })
+    }
+
+    /// The same block laid out as `layout` (one frame as a run by default).
+    pub fn with_layout(mut self, layout: BlockLayout) -> Self {
+        self.meta.layout = layout;
+        self
     }
 
     /// Bytes of this block's K and V in fp16, the reference for compression ratios.
@@ -248,6 +264,19 @@ fn decode_tensor(
 }
 
 const HEADER_LEN: usize = 8 + 8 + 8 + 4 * 4 + 1;
+/// The layout extension after the header: frames, grid rows, grid columns (u32 each).
+const LAYOUT_LEN: usize = 3 * 4;
+/// Set in the quantisation byte when the layout extension follows.
+const LAYOUT_FLAG: u8 = 0x80;
+
+/// Bytes of the serialised header of a block laid out as `layout`.
+fn header_len(layout: &BlockLayout) -> usize {
+    if *layout == BlockLayout::run(1) {
+        HEADER_LEN
+    } else {
+        HEADER_LEN + LAYOUT_LEN
+    }
+}
 
 impl CompressedBlock {
     /// Compresses `block` to `quant`.
@@ -293,7 +322,7 @@ impl CompressedBlock {
 
     /// Length of [`CompressedBlock::to_bytes`]' output.
     pub fn stored_len(&self) -> usize {
-        HEADER_LEN + self.rep_keys.len() * 4 + self.data.len()
+        header_len(&self.meta.layout) + self.rep_keys.len() * 4 + self.data.len()
     }
 
     /// Bytes of K and V as stored (scales and zero points included).
@@ -345,14 +374,22 @@ impl CompressedBlock {
     /// Serialises to bytes (the disk tier's record payload).
     pub fn to_bytes(&self) -> Vec<u8> {
         let m = &self.meta;
-        let mut out = Vec::with_capacity(HEADER_LEN + self.rep_keys.len() * 4 + self.data.len());
+        let mut out = Vec::with_capacity(self.stored_len());
         out.extend_from_slice(&m.seq.to_le_bytes());
         out.extend_from_slice(&(m.pts.as_nanos() as u64).to_le_bytes());
         out.extend_from_slice(&m.wall_ns.to_le_bytes());
         for v in [m.tokens, m.layers, m.kv_heads, m.head_dim] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.push(self.quant.code());
+        if header_len(&m.layout) == HEADER_LEN {
+            out.push(self.quant.code());
+        } else {
+            out.push(self.quant.code() | LAYOUT_FLAG);
+            let l = &m.layout;
+            for v in [l.frames, l.grid.0, l.grid.1] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         for v in &self.rep_keys {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -368,6 +405,26 @@ impl CompressedBlock {
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap_or([0; 4]));
+        let code = bytes[40];
+        let quant =
+            Quant::from_code(code & !LAYOUT_FLAG).ok_or_else(|| bad("unknown quantisation"))?;
+        let layout = if code & LAYOUT_FLAG == 0 {
+            BlockLayout::run(1)
+        } else {
+            if bytes.len() < HEADER_LEN + LAYOUT_LEN {
+                return Err(bad("shorter than its layout"));
+            }
+            let layout = BlockLayout {
+                frames: u32_at(HEADER_LEN),
+                grid: (u32_at(HEADER_LEN + 4), u32_at(HEADER_LEN + 8)),
+            };
+            let (rows, cols) = layout.grid;
+            let grid_tokens = u64::from(rows) * u64::from(cols);
+            if layout.frames == 0 || (grid_tokens != 0 && grid_tokens != u64::from(u32_at(24))) {
+                return Err(bad("a layout that does not fit its tokens"));
+            }
+            layout
+        };
         let meta = BlockMeta {
             seq: u64_at(0),
             pts: Duration::from_nanos(u64_at(8)),
@@ -376,22 +433,23 @@ impl CompressedBlock {
             layers: u32_at(28),
             kv_heads: u32_at(32),
             head_dim: u32_at(36),
+            layout,
         };
-        let quant = Quant::from_code(bytes[40]).ok_or_else(|| bad("unknown quantisation"))?;
+        let head = header_len(&layout);
         let rep_len = (meta.layers as usize)
             .checked_mul(meta.kv_heads as usize * meta.head_dim as usize)
             .ok_or_else(|| bad("shape overflows"))?;
         let per_layer = encoded_len(&meta, quant, Grouping::PerChannel)
             + encoded_len(&meta, quant, Grouping::PerToken);
-        let expected = HEADER_LEN + rep_len * 4 + per_layer * meta.layers as usize;
+        let expected = head + rep_len * 4 + per_layer * meta.layers as usize;
         if bytes.len() != expected || meta.tokens == 0 || meta.layers == 0 {
             return Err(bad(&format!(
                 "{} bytes, its header implies {expected}",
                 bytes.len()
             )));
         }
-        let rep_end = HEADER_LEN + rep_len * 4;
-        let rep_keys = bytes[HEADER_LEN..rep_end]
+        let rep_end = head + rep_len * 4;
+        let rep_keys = bytes[head..rep_end]
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();

@@ -40,6 +40,9 @@ pub struct RopeParameters {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<f64>,
+    /// Multi-axis rotary (Qwen2-VL's `mrope`): frequency pairs per axis.
+    #[serde(default)]
+    pub mrope_section: Option<Vec<i64>>,
 }
 
 /// `eos_token_id`: one id or several.

@@ -112,16 +112,25 @@ pub trait VideoLlm: Send {
     /// (height, width) frames should arrive at: the tower's input, so that
     /// preprocessing has nothing to resize. Any other size is resized.
     fn frame_size(&self) -> (u32, u32);
-    /// Frames one stored block holds (1 for every family here).
+    /// Frames one stored block holds: 1, or Qwen2.5-VL's 2 (a temporal patch).
     fn frames_per_block(&self) -> usize {
         1
     }
-    /// uint8 frames [N, 3, H, W] → the vision tower's input.
+    /// How a block of frames as [`VideoLlm::preprocess`] makes them lays its tokens
+    /// out: what placing it again needs, stored with it.
+    fn block_layout(&self) -> BlockLayout {
+        BlockLayout::run(self.frames_per_block() as u32)
+    }
+    /// uint8 frames [N, 3, H, W] → the vision tower's input, one row per frame, at
+    /// [`VideoLlm::frame_size`] whatever their size (streams are encoded at one size;
+    /// [`VideoLlm::video_prompt`] sizes frames as `transformers` does).
     fn preprocess(&self, frames: &Tensor) -> ModelResult<Tensor>;
-    /// The tower's input [N, ...] → each frame's visual embeddings
-    /// [N, tokens_per_frame, hidden] in the model dtype.
+    /// The tower's input for N frames, N a multiple of [`VideoLlm::frames_per_block`],
+    /// consecutive frames of a block in order → each block's visual embeddings
+    /// [N / frames_per_block, tokens_per_frame, hidden] in the model dtype.
     fn encode_frames(&self, pixels: &Tensor) -> ModelResult<Tensor>;
-    /// Visual embeddings per frame.
+    /// Visual embeddings per block (per frame where a block is one frame) of frames
+    /// at [`VideoLlm::frame_size`].
     fn tokens_per_frame(&self) -> i64;
     /// Analytic FLOPs (a multiply-add counts 2, matmuls only) to encode one frame as the
     /// engine does: vision tower, connector or projector, and the decoder prefill of the
@@ -146,23 +155,115 @@ pub trait VideoLlm: Send {
     /// Text of generated ids, special tokens skipped.
     fn detokenize(&self, ids: &[i64]) -> ModelResult<String>;
 
-    /// Positions of `len` tokens that follow `start` tokens of the streaming layout.
+    /// Positions of `len` text tokens at `start..start + len` (1-D: text sits on every
+    /// axis alike).
     fn positions(&self, start: i64, len: i64) -> ModelResult<Positions> {
         Positions::range(start, len, self.device())
+    }
+    /// Positions of `len` text tokens at `cursor`, which moves past them.
+    fn text_positions(&self, cursor: &mut Cursor, len: i64) -> ModelResult<Positions> {
+        let at = self.positions(cursor.next, len)?;
+        cursor.next += len;
+        cursor.end = cursor.end.max(cursor.next);
+        Ok(at)
+    }
+    /// Positions of blocks' chunks placed one after another at `cursor`, which moves
+    /// past them: `blocks` gives each chunk's tokens and its block's layout. A family
+    /// with 1-D positions places them as a run of text.
+    fn block_positions(
+        &self,
+        cursor: &mut Cursor,
+        blocks: &[(i64, BlockLayout)],
+    ) -> ModelResult<Positions> {
+        let tokens = blocks.iter().map(|(t, _)| t).sum();
+        self.text_positions(cursor, tokens)
     }
     /// Positions the model was trained for (`max_position_embeddings`).
     fn max_positions(&self) -> i64;
 
     /// The prompt of one user turn holding one video of `frames` (uint8 [N, 3, H, W],
     /// consecutive samples at `fps` frames per second) then `prompt`, with the
-    /// generation prompt, exactly as `transformers`' processor builds it: its token ids
-    /// and input embeddings [T, hidden].
-    fn video_prompt(
-        &self,
-        frames: &Tensor,
-        fps: f64,
-        prompt: &str,
-    ) -> ModelResult<(Vec<i64>, Tensor)>;
+    /// generation prompt, exactly as `transformers`' processor and model build it.
+    fn video_prompt(&self, frames: &Tensor, fps: f64, prompt: &str) -> ModelResult<VideoPrompt>;
+}
+
+/// A one-shot prompt as `transformers` runs it.
+#[derive(Debug)]
+pub struct VideoPrompt {
+    pub ids: Vec<i64>,
+    /// Input embeddings [T, hidden], the video's embeddings in place.
+    pub embeds: Tensor,
+    /// Where each token sits ([T] or, with M-RoPE, [3, T]).
+    pub positions: Positions,
+    /// Position of the first generated token (the ones after follow it).
+    pub next: i64,
+}
+
+impl VideoPrompt {
+    /// A prompt at positions `0..T`, generating from T (1-D families).
+    pub fn at_start(ids: Vec<i64>, embeds: Tensor) -> ModelResult<Self> {
+        let t = embeds.size().first().copied().unwrap_or(0);
+        Ok(Self {
+            positions: Positions::range(0, t, embeds.device())?,
+            ids,
+            embeds,
+            next: t,
+        })
+    }
+}
+
+/// How a stored block's tokens are laid out: what placing it again needs (kept with
+/// the block in the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Frames the block covers.
+    pub frames: u32,
+    /// Its visual tokens as rows × columns of merged patches, for multi-axis positions;
+    /// (0, 0): a run of tokens placed like text.
+    pub grid: (u32, u32),
+}
+
+impl BlockLayout {
+    /// A run of tokens covering `frames` frames.
+    pub const fn run(frames: u32) -> Self {
+        Self {
+            frames,
+            grid: (0, 0),
+        }
+    }
+}
+
+/// Where the next tokens of a context go, as a family counts positions. For 1-D
+/// families `next` is the number of tokens placed so far; M-RoPE families also track
+/// the video's blocks (Qwen2.5-VL: the temporal axis counts blocks from the first one,
+/// and text after the video continues from where the video started plus its grid's
+/// larger side).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cursor {
+    /// Position of the next text token.
+    pub next: i64,
+    /// One past the highest position placed on any axis: where generated tokens go.
+    pub end: i64,
+    /// Blocks placed.
+    pub blocks: i64,
+    /// Position of the first block, once one is placed.
+    pub video_start: Option<i64>,
+    /// Stream seconds between consecutive frames, which spaces blocks on a temporal
+    /// axis.
+    pub frame_seconds: f64,
+}
+
+impl Cursor {
+    /// An empty context's cursor, for frames `frame_seconds` apart.
+    pub fn new(frame_seconds: f64) -> Self {
+        Self {
+            next: 0,
+            end: 0,
+            blocks: 0,
+            video_start: None,
+            frame_seconds,
+        }
+    }
 }
 
 /// Matmul FLOPs of a SigLIP-style tower over `patches` tokens of width `d`, MLP width
@@ -211,29 +312,32 @@ impl dyn VideoLlm + '_ {
     }
 
     /// Places each layer's own stored keys and values, of lengths that may differ
-    /// between layers, each at the positions following `ctx`
+    /// between layers, each at its own `positions` following `ctx`
     /// ([`AttnContext::push_layers_ragged`]).
-    pub fn place_ragged(&self, ctx: &mut AttnContext, layers: &[LayerKv]) -> ModelResult<()> {
-        let start = ctx.len();
-        let positions = layers
-            .iter()
-            .map(|kv| {
-                let t = kv.keys.size().get(1).copied().unwrap_or(0);
-                Ok(self.positions(start, t)?.shallow_clone())
-            })
-            .collect::<ModelResult<Vec<Tensor>>>()?;
+    pub fn place_ragged(
+        &self,
+        ctx: &mut AttnContext,
+        layers: &[LayerKv],
+        positions: &[Positions],
+    ) -> ModelResult<()> {
+        let positions: Vec<Tensor> = positions.iter().map(|p| p.shallow_clone()).collect();
         ctx.push_layers_ragged(self.decoder().rotary(), layers, &positions)
     }
 
-    /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
-    /// fresh context: at most `max_new_tokens` tokens, stopping after a stop token.
-    /// Returns the new tokens and the prefill logits [T, vocab] (fp32).
+    /// Greedy decoding of a one-shot `prompt` in a fresh context: at most
+    /// `max_new_tokens` tokens, stopping after a stop token. Returns the new tokens and
+    /// the prefill logits [T, vocab] (fp32).
     pub fn generate_greedy(
         &self,
-        embeds: &Tensor,
+        prompt: &VideoPrompt,
         max_new_tokens: usize,
     ) -> ModelResult<(Vec<i64>, Tensor)> {
-        self.decoder()
-            .generate_greedy(embeds, max_new_tokens, &self.stop_tokens())
+        self.decoder().generate_greedy_at(
+            &prompt.embeds,
+            &prompt.positions,
+            prompt.next,
+            max_new_tokens,
+            &self.stop_tokens(),
+        )
     }
 }

@@ -32,7 +32,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{ModelError, ModelResult};
 
 pub use decoder::{ChunkOutput, ForwardOptions, Llama};
-pub use family::{ModelSummary, Positions, VideoLlm};
+pub use family::{BlockLayout, Cursor, ModelSummary, Positions, VideoLlm, VideoPrompt};
 pub use llava_onevision::LlavaOnevision;
 pub use nn::context::{AttnContext, KvSegment, LayerKv};
 pub use smolvlm::SmolVlm;

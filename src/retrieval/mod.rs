@@ -314,6 +314,7 @@ mod tests {
             layers: 1,
             kv_heads: 1,
             head_dim: 1,
+            layout: crate::model::BlockLayout::run(1),
         }
     }
 

@@ -97,7 +97,10 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     fn is_qwen2(&self) -> bool {
-        self.model_type.as_deref() == Some("qwen2")
+        matches!(
+            self.model_type.as_deref(),
+            Some("qwen2" | "qwen2_vl_text" | "qwen2_5_vl_text")
+        )
     }
     /// (q/k/v biases, o bias).
     fn attention_biases(&self) -> (bool, bool) {
@@ -137,7 +140,8 @@ impl LlamaConfig {
             v.ok_or_else(|| ModelError::InvalidConfig(format!("rope `{kind}` needs `{name}`")))
         };
         match kind.as_str() {
-            "default" => Ok(RopeScaling::None),
+            // `mrope` is the default frequencies rotated per axis (`mrope_section`).
+            "default" | "mrope" => Ok(RopeScaling::None),
             "linear" => Ok(RopeScaling::Linear {
                 factor: need(p.factor, "factor")?,
             }),
@@ -154,6 +158,14 @@ impl LlamaConfig {
                 "rope type `{other}` (default, linear and llama3 are implemented)"
             ))),
         }
+    }
+
+    /// M-RoPE's frequency pairs per axis, when the rotary has several axes.
+    pub fn mrope_section(&self) -> Option<&[i64]> {
+        [&self.rope_parameters, &self.rope_scaling]
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.mrope_section.as_deref())
     }
 
     /// Checks what the decoder relies on; `at` names the config section in errors.
@@ -399,12 +411,15 @@ impl Llama {
                 ))
             }
         };
-        let rotary = Rotary::scaled(
+        let mut rotary = Rotary::scaled(
             hd,
             cfg.rope_theta(),
             cfg.rope_scaling()?,
             embed_tokens.device(),
         )?;
+        if let Some(section) = cfg.mrope_section() {
+            rotary = rotary.with_mrope(section)?;
+        }
         Ok(Self {
             embed_tokens,
             layers,
@@ -464,7 +479,7 @@ impl Llama {
         opts: ForwardOptions,
     ) -> ModelResult<ChunkOutput> {
         let t = embeds.size()[0];
-        if positions.size() != [t] {
+        if !self.rotary.fits(positions, t) {
             return Err(ModelError::InvalidInput(format!(
                 "{t} embeddings given positions of shape {:?}",
                 positions.size()
@@ -670,27 +685,43 @@ impl Llama {
         max_new_tokens: usize,
         stop: &[i64],
     ) -> ModelResult<(Vec<i64>, Tensor)> {
+        let t = embeds.size()[0];
+        let positions = Tensor::f_arange(t, (Kind::Int64, embeds.device()))?;
+        self.generate_greedy_at(embeds, &positions, t, max_new_tokens, stop)
+    }
+
+    /// Greedy decoding after a prefill of `embeds` [T, hidden] at `positions` ([T] or
+    /// [3, T]) in a fresh context, new tokens at `next`, `next + 1`, ...: at most
+    /// `max_new_tokens` tokens, stopping after any of `stop`. Returns the new tokens and
+    /// the prefill logits [T, vocab] (fp32).
+    pub fn generate_greedy_at(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        next: i64,
+        max_new_tokens: usize,
+        stop: &[i64],
+    ) -> ModelResult<(Vec<i64>, Tensor)> {
         let device = embeds.device();
         let t = embeds.size()[0];
         let mut ctx = AttnContext::new(self.num_layers());
-        let positions = Tensor::f_arange(t, (Kind::Int64, device))?;
         let append = ForwardOptions {
             append: true,
             ..Default::default()
         };
-        let out = self.forward(embeds, &positions, &mut ctx, append)?;
+        let out = self.forward(embeds, positions, &mut ctx, append)?;
         let logits = self.logits(&out.hidden)?;
-        let mut next = logits.f_get(t - 1)?.f_argmax(-1, false)?.int64_value(&[]);
+        let mut token = logits.f_get(t - 1)?.f_argmax(-1, false)?.int64_value(&[]);
         let mut tokens = Vec::with_capacity(max_new_tokens);
         for step in 0..max_new_tokens as i64 {
-            tokens.push(next);
-            if stop.contains(&next) || tokens.len() == max_new_tokens {
+            tokens.push(token);
+            if stop.contains(&token) || tokens.len() == max_new_tokens {
                 break;
             }
-            let ids = Tensor::from_slice(&[next]).f_to_device(device)?;
-            let pos = Tensor::from_slice(&[t + step]).f_to_device(device)?;
+            let ids = Tensor::from_slice(&[token]).f_to_device(device)?;
+            let pos = Tensor::from_slice(&[next + step]).f_to_device(device)?;
             let out = self.forward(&self.embed(&ids)?, &pos, &mut ctx, append)?;
-            next = self
+            token = self
                 .logits(&out.hidden)?
                 .f_get(0)?
                 .f_argmax(-1, false)?

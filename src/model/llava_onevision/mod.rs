@@ -20,7 +20,7 @@ mod prompt;
 
 use crate::error::{ModelError, ModelResult};
 use crate::model::decoder::llama::Qwen2;
-use crate::model::family::{ModelSummary, VideoLlm};
+use crate::model::family::{ModelSummary, VideoLlm, VideoPrompt};
 use crate::model::nn::weights::{Linear, WeightStore};
 use crate::model::preprocess::{FramePreprocessor, VideoPreprocessorConfig};
 use crate::model::text::TextProcessor;
@@ -467,16 +467,11 @@ impl VideoLlm for LlavaOnevision {
 
     /// LLaVA-OneVision's processor takes the frames as they are (no timestamps in the
     /// prompt): `fps` does not change the prompt.
-    fn video_prompt(
-        &self,
-        frames: &Tensor,
-        _fps: f64,
-        prompt: &str,
-    ) -> ModelResult<(Vec<i64>, Tensor)> {
+    fn video_prompt(&self, frames: &Tensor, _fps: f64, prompt: &str) -> ModelResult<VideoPrompt> {
         let pixels = self.preprocessor.process(frames)?;
         let frame_embeddings = LlavaOnevision::encode_frames(self, &pixels)?;
         let ids = self.video_prompt_ids(prompt, frames.size()[0])?;
         let embeds = self.embed_with_video(&ids, &frame_embeddings)?;
-        Ok((ids, embeds))
+        VideoPrompt::at_start(ids, embeds)
     }
 }

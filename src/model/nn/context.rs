@@ -121,7 +121,7 @@ impl AttnContext {
         self.len == 0
     }
 
-    /// Appends `segment`, its keys rotated to `positions` ([T], int64): the segment may
+    /// Appends `segment`, its keys rotated to `positions` ([T] or [axes, T], int64): the segment may
     /// be placed at positions other than those it was computed at.
     pub fn push_segment(
         &mut self,
@@ -192,7 +192,7 @@ impl AttnContext {
             }
         }
         let t = t.unwrap_or(0);
-        if positions.size() != [t] {
+        if !rotary.fits(positions, t) {
             return Err(ModelError::InvalidInput(format!(
                 "{t} tokens given positions of shape {:?}",
                 positions.size()
@@ -244,7 +244,9 @@ impl AttnContext {
         let mut longest = 0;
         for (l, (kv, pos)) in per_layer.iter().zip(positions).enumerate() {
             let t = kv.keys.size().get(1).copied().unwrap_or(0);
-            if kv.keys.size().len() != 3 || kv.values.size() != kv.keys.size() || pos.size() != [t]
+            if kv.keys.size().len() != 3
+                || kv.values.size() != kv.keys.size()
+                || !rotary.fits(pos, t)
             {
                 return Err(ModelError::InvalidInput(format!(
                     "layer {l}: keys {:?}, values {:?} and positions {:?} do not agree",

@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{ModelError, ModelResult};
 use crate::model::decoder::llama::Llama;
-use crate::model::family::{ModelSummary, VideoLlm};
+use crate::model::family::{ModelSummary, VideoLlm, VideoPrompt};
 use crate::model::nn::weights::WeightStore;
 use crate::model::text::TextProcessor;
 use crate::model::vision::siglip::SiglipVisionTower;
@@ -373,7 +373,7 @@ impl VideoLlm for SmolVlm {
         frames: &Tensor,
         fps: f64,
         prompt_text: &str,
-    ) -> ModelResult<(Vec<i64>, Tensor)> {
+    ) -> ModelResult<VideoPrompt> {
         let n = frames.size().first().copied().unwrap_or(0);
         if n < 1 || !(fps.is_finite() && fps > 0.0) {
             return Err(ModelError::InvalidInput(format!(
@@ -384,7 +384,7 @@ impl VideoLlm for SmolVlm {
         let text = self.video_prompt_text(n as u64, fps, prompt_text);
         let ids = self.text.encode(&text)?;
         let embeds = self.embed_with_images(&ids, &features)?;
-        Ok((ids, embeds))
+        VideoPrompt::at_start(ids, embeds)
     }
 }
 
