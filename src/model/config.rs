@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::{ModelError, ModelResult};
 
@@ -18,6 +19,51 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> ModelResult<T> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The video processor's settings as `transformers` finds them: the whole of
+/// `video_preprocessor_config.json`, else the `video_processor` entry of
+/// `processor_config.json`, else the image processor's `preprocessor_config.json` (the
+/// hub checkpoints' layout); with `processor_config.json` itself when present.
+pub(crate) fn video_processor_section(dir: &Path) -> ModelResult<(Value, Option<Value>)> {
+    let processor_path = dir.join("processor_config.json");
+    let processor: Option<Value> = if processor_path.exists() {
+        Some(read_json(&processor_path)?)
+    } else {
+        None
+    };
+    let video_path = dir.join("video_preprocessor_config.json");
+    let image_path = dir.join("preprocessor_config.json");
+    let section: Value = if video_path.exists() {
+        read_json(&video_path)?
+    } else if let Some(v) = processor.as_ref().and_then(|p| p.get("video_processor")) {
+        v.clone()
+    } else if image_path.exists() {
+        read_json(&image_path)?
+    } else {
+        return Err(ModelError::MissingFile {
+            dir: dir.to_owned(),
+            what: "video processor config (video_preprocessor_config.json, processor_config.json or preprocessor_config.json)",
+        });
+    };
+    Ok((section, processor))
+}
+
+/// Three numbers of a processor section (`image_mean`, `image_std`), `default` when
+/// absent; one number stands for all three.
+pub(crate) fn three_floats(section: &Value, key: &str, default: [f64; 3]) -> ModelResult<Vec<f64>> {
+    match section.get(key) {
+        None => Ok(default.to_vec()),
+        Some(Value::Array(a)) if a.len() == 3 => a
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| ModelError::InvalidConfig(format!("{key}: not a number")))
+            })
+            .collect(),
+        Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(0.5); 3]),
+        Some(_) => Err(ModelError::InvalidConfig(format!("{key} needs 3 values"))),
+    }
 }
 
 /// Rotary parameters: `rope_parameters` (transformers 5) or the older top-level

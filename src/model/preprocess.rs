@@ -171,6 +171,49 @@ impl Normalisation {
     }
 }
 
+/// How frames are resized, by PIL resampling code: `Lanczos` (1), `Bilinear` (2),
+/// `Bicubic` (3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Lanczos,
+    Bicubic,
+    Bilinear,
+}
+
+impl Resample {
+    pub fn from_pil(code: i64) -> ModelResult<Self> {
+        match code {
+            1 => Ok(Self::Lanczos),
+            2 => Ok(Self::Bilinear),
+            3 => Ok(Self::Bicubic),
+            other => Err(ModelError::Unsupported(format!(
+                "video processor resample {other} (1 Lanczos, 2 bilinear, 3 bicubic)"
+            ))),
+        }
+    }
+}
+
+/// uint8 frames [N, 3, H, W] on the CPU resized to `height` × `width` with antialiasing,
+/// as torchvision resizes uint8 tensors on the CPU (libtorch's native uint8 kernels);
+/// a resize to the size frames already have returns them as they are.
+pub fn resize_uint8(
+    frames: &Tensor,
+    height: i64,
+    width: i64,
+    resample: Resample,
+) -> ModelResult<Tensor> {
+    let dims = frames.size();
+    if dims.len() == 4 && (dims[2], dims[3]) == (height, width) {
+        return Ok(frames.shallow_clone());
+    }
+    let size = [height, width];
+    Ok(match resample {
+        Resample::Lanczos => frames.f_internal_upsample_lanczos2d_aa(size, false, None, None)?,
+        Resample::Bicubic => frames.f_internal_upsample_bicubic2d_aa(size, false, None, None)?,
+        Resample::Bilinear => frames.f_internal_upsample_bilinear2d_aa(size, false, None, None)?,
+    })
+}
+
 /// Frames a preprocessor takes: uint8 [N, 3, H, W].
 pub fn check_frames(frames: &Tensor) -> ModelResult<()> {
     let dims = frames.size();

@@ -32,7 +32,7 @@ use crate::error::{ModelError, ModelResult};
 use crate::model::config::{RopeParameters, TokenIds};
 use crate::model::nn::context::{AttnContext, KvSegment, LayerKv};
 use crate::model::nn::rope::{apply_rotary, RopeScaling, Rotary};
-use crate::model::nn::weights::{Linear, Scope};
+use crate::model::nn::weights::{GatedMlp, Linear, RmsNorm, Scope};
 
 /// `text_config` of a Llama-family decoder (`qwen2`, `llama`).
 #[derive(Debug, Clone, Deserialize)]
@@ -207,54 +207,12 @@ impl LlamaConfig {
     }
 }
 
-/// Root-mean-square norm computed in fp32, as `Qwen2RMSNorm` and `LlamaRMSNorm` do.
-#[derive(Debug)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn load(vb: &Scope, dim: i64, eps: f64) -> ModelResult<Self> {
-        Ok(Self {
-            weight: vb.get("weight", &[dim])?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
-        let dtype = x.kind();
-        let h = x.f_to_kind(Kind::Float)?;
-        let variance = h
-            .f_pow_tensor_scalar(2)?
-            .f_mean_dim(-1, true, Kind::Float)?;
-        let h = h.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        Ok(self.weight.f_mul(&h.f_to_kind(dtype)?)?)
-    }
-}
-
 #[derive(Debug)]
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-}
-
-#[derive(Debug)]
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
-        let gate = self.gate_proj.forward(x).f_silu()?;
-        Ok(self
-            .down_proj
-            .forward(&gate.f_mul(&self.up_proj.forward(x))?))
-    }
 }
 
 /// One layer's attention inputs, [B, heads, T, head_dim] each, before rotary.
@@ -269,7 +227,7 @@ struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
 }
 
 impl DecoderLayer {
@@ -374,34 +332,21 @@ impl Llama {
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp("layers").pp(i);
             let attn = l.pp("self_attn");
-            let mlp = l.pp("mlp");
             layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+                input_layernorm: l.pp("input_layernorm").rms_norm(h, cfg.rms_norm_eps)?,
                 self_attn: Attention {
                     q_proj: attn.pp("q_proj").linear(h, nh * hd, qkv_bias)?,
                     k_proj: attn.pp("k_proj").linear(h, kvh * hd, qkv_bias)?,
                     v_proj: attn.pp("v_proj").linear(h, kvh * hd, qkv_bias)?,
                     o_proj: attn.pp("o_proj").linear(nh * hd, h, o_bias)?,
                 },
-                post_attention_layernorm: RmsNorm::load(
-                    &l.pp("post_attention_layernorm"),
-                    h,
-                    cfg.rms_norm_eps,
-                )?,
-                mlp: Mlp {
-                    gate_proj: mlp
-                        .pp("gate_proj")
-                        .linear(h, cfg.intermediate_size, mlp_bias)?,
-                    up_proj: mlp
-                        .pp("up_proj")
-                        .linear(h, cfg.intermediate_size, mlp_bias)?,
-                    down_proj: mlp
-                        .pp("down_proj")
-                        .linear(cfg.intermediate_size, h, mlp_bias)?,
-                },
+                post_attention_layernorm: l
+                    .pp("post_attention_layernorm")
+                    .rms_norm(h, cfg.rms_norm_eps)?,
+                mlp: l.pp("mlp").gated_mlp(h, cfg.intermediate_size, mlp_bias)?,
             });
         }
-        let norm = RmsNorm::load(&vb.pp("norm"), h, cfg.rms_norm_eps)?;
+        let norm = vb.pp("norm").rms_norm(h, cfg.rms_norm_eps)?;
         let lm_head = match (tied, lm_head) {
             (true, _) => embed_tokens.shallow_clone(),
             (false, Some(head)) => head.get("weight", &[cfg.vocab_size, h])?,

@@ -288,6 +288,24 @@ impl<'a> Scope<'a> {
         })
     }
 
+    /// `weight` [dim] of an RMSNorm.
+    pub fn rms_norm(&self, dim: i64, eps: f64) -> ModelResult<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.get("weight", &[dim])?,
+            eps,
+        })
+    }
+
+    /// `gate_proj`, `up_proj` ([hidden, dim]) and `down_proj` ([dim, hidden]) of a
+    /// SwiGLU MLP.
+    pub fn gated_mlp(&self, dim: i64, hidden: i64, bias: bool) -> ModelResult<GatedMlp> {
+        Ok(GatedMlp {
+            gate_proj: self.pp("gate_proj").linear(dim, hidden, bias)?,
+            up_proj: self.pp("up_proj").linear(dim, hidden, bias)?,
+            down_proj: self.pp("down_proj").linear(hidden, dim, bias)?,
+        })
+    }
+
     /// `weight` and `bias` [dim] of a LayerNorm.
     pub fn layer_norm(&self, dim: i64, eps: f64) -> ModelResult<LayerNorm> {
         Ok(LayerNorm {
@@ -322,5 +340,42 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size()[0];
         x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false)
+    }
+}
+
+/// Root-mean-square norm computed in fp32 and cast back before the weight, as
+/// `Qwen2RMSNorm`, `LlamaRMSNorm` and Qwen2.5-VL's vision norms do.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
+        let dtype = x.kind();
+        let h = x.f_to_kind(Kind::Float)?;
+        let variance = h
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
+        let h = h.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        Ok(self.weight.f_mul(&h.f_to_kind(dtype)?)?)
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))` (Llama, Qwen2, Qwen2.5-VL's vision blocks).
+#[derive(Debug)]
+pub struct GatedMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl GatedMlp {
+    pub fn forward(&self, x: &Tensor) -> ModelResult<Tensor> {
+        let gate = self.gate_proj.forward(x).f_silu()?;
+        Ok(self
+            .down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(x))?))
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ModelError, ModelResult};
-use crate::model::config::read_json;
+use crate::model::config::{read_json, three_floats, video_processor_section};
 use crate::model::decoder::llama::LlamaConfig;
 use crate::model::vision::siglip::SiglipVisionConfig;
 
@@ -182,13 +182,7 @@ impl SmolVlmConfig {
     }
 }
 
-/// How frames are resized: `Lanczos` (PIL code 1), `Bicubic` (3), `Bilinear` (2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
-    Lanczos,
-    Bicubic,
-    Bilinear,
-}
+pub use crate::model::preprocess::Resample;
 
 /// `SmolVLMVideoProcessor`'s settings: frames resized so their longest edge is
 /// `longest_edge` (aspect kept, the other side rounded up to even) or to `size`, then
@@ -216,26 +210,7 @@ impl VideoProcessing {
     /// `preprocessor_config.json` (the hub checkpoints' layout), whose `size` wins over
     /// `video_sampling.video_size` as `SmolVLMVideoProcessor.__init__` has it.
     pub fn load(dir: &Path) -> ModelResult<Self> {
-        let processor_path = dir.join("processor_config.json");
-        let processor: Option<Value> = if processor_path.exists() {
-            Some(read_json(&processor_path)?)
-        } else {
-            None
-        };
-        let video_path = dir.join("video_preprocessor_config.json");
-        let image_path = dir.join("preprocessor_config.json");
-        let section: Value = if video_path.exists() {
-            read_json(&video_path)?
-        } else if let Some(v) = processor.as_ref().and_then(|p| p.get("video_processor")) {
-            v.clone()
-        } else if image_path.exists() {
-            read_json(&image_path)?
-        } else {
-            return Err(ModelError::MissingFile {
-                dir: dir.to_owned(),
-                what: "video processor config (video_preprocessor_config.json, processor_config.json or preprocessor_config.json)",
-            });
-        };
+        let (section, processor) = video_processor_section(dir)?;
         let mut settings = Self::from_section(&section)?;
         settings.image_seq_len = processor
             .as_ref()
@@ -265,31 +240,7 @@ impl VideoProcessing {
             (None, None) => Some(4 * 364),
         };
         let max_image_size = edge(s.get("max_image_size")).unwrap_or(364);
-        let resample = match s.get("resample").and_then(Value::as_i64).unwrap_or(1) {
-            1 => Resample::Lanczos,
-            3 => Resample::Bicubic,
-            2 => Resample::Bilinear,
-            other => {
-                return Err(ModelError::Unsupported(format!(
-                    "video processor resample {other} (1 Lanczos, 2 bilinear, 3 bicubic)"
-                )))
-            }
-        };
-        let floats = |key: &str, default: [f64; 3]| -> ModelResult<Vec<f64>> {
-            match s.get(key) {
-                None => Ok(default.to_vec()),
-                Some(Value::Array(a)) if a.len() == 3 => a
-                    .iter()
-                    .map(|x| {
-                        x.as_f64().ok_or_else(|| {
-                            ModelError::InvalidConfig(format!("{key}: not a number"))
-                        })
-                    })
-                    .collect(),
-                Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(0.5); 3]),
-                Some(_) => Err(ModelError::InvalidConfig(format!("{key} needs 3 values"))),
-            }
-        };
+        let resample = Resample::from_pil(s.get("resample").and_then(Value::as_i64).unwrap_or(1))?;
         let settings = Self {
             do_resize: flag("do_resize"),
             longest_edge,
@@ -302,8 +253,8 @@ impl VideoProcessing {
                 .and_then(Value::as_f64)
                 .unwrap_or(1.0 / 255.0),
             do_normalize: flag("do_normalize"),
-            image_mean: floats("image_mean", [0.5; 3])?,
-            image_std: floats("image_std", [0.5; 3])?,
+            image_mean: three_floats(s, "image_mean", [0.5; 3])?,
+            image_std: three_floats(s, "image_std", [0.5; 3])?,
             image_seq_len: None,
         };
         if settings.max_image_size < 1 || settings.longest_edge.is_some_and(|e| e < 1) {

@@ -9,9 +9,9 @@
 
 use tch::{Device, Tensor};
 
-use super::config::{Resample, VideoProcessing};
+use super::config::VideoProcessing;
 use crate::error::ModelResult;
-use crate::model::preprocess::{check_frames, Normalisation};
+use crate::model::preprocess::{check_frames, resize_uint8, Normalisation};
 
 /// The longest edge torchvision's resize allows (`MAX_IMAGE_SIZE`).
 const MAX_IMAGE_SIZE: i64 = 4096;
@@ -61,22 +61,7 @@ impl SmolVlmPreprocessor {
     }
 
     fn resize(&self, frames: &Tensor, height: i64, width: i64) -> ModelResult<Tensor> {
-        let dims = frames.size();
-        if (dims[2], dims[3]) == (height, width) {
-            return Ok(frames.shallow_clone());
-        }
-        let size = [height, width];
-        Ok(match self.settings.resample {
-            Resample::Lanczos => {
-                frames.f_internal_upsample_lanczos2d_aa(size, false, None, None)?
-            }
-            Resample::Bicubic => {
-                frames.f_internal_upsample_bicubic2d_aa(size, false, None, None)?
-            }
-            Resample::Bilinear => {
-                frames.f_internal_upsample_bilinear2d_aa(size, false, None, None)?
-            }
-        })
+        resize_uint8(frames, height, width, self.settings.resample)
     }
 
     /// Pixel values for frames [N, 3, H, W] uint8.
