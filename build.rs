@@ -7,6 +7,10 @@
 //!   service publishes.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Naming any rerun trigger replaces cargo's default (any file of the package), so
+    // the API's sources are named too, or an edited .proto would not regenerate.
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     let lib_dir = std::env::var("LIBTORCH_LIB").ok().or_else(|| {
