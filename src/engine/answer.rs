@@ -51,15 +51,17 @@ impl From<Tier> for BlockSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Citation {
     pub seq: u64,
-    /// Stream time of the frame.
+    /// Stream time of the block's (first) frame.
     pub pts: Duration,
-    /// Wall-clock capture time of the frame.
+    /// Wall-clock capture time of that frame.
     pub wall: SystemTime,
     /// Mean over layers of its retrieval score (retrieved blocks only).
     pub score: Option<f32>,
     /// Layers whose context held it.
     pub layers: u32,
     pub source: BlockSource,
+    /// Frames the block covers, from `pts` on.
+    pub frames: u32,
 }
 
 /// What answering a question took.
@@ -226,6 +228,7 @@ pub fn prepare(
             score: pick.score,
             layers: pick.layers,
             source: tier.into(),
+            frames: meta.layout.frames,
         });
         blocks.insert(pick.index, block);
     }
@@ -237,6 +240,7 @@ pub fn prepare(
             score: None,
             layers: layers as u32,
             source: BlockSource::Window,
+            frames: f.meta.layout.frames,
         });
     }
     record_loads(&figures, retrieval_time);

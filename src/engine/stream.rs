@@ -184,11 +184,14 @@ impl StreamCtx {
             }
             self.last_pts = Some(stamp.pts);
         }
-        let firsts: Vec<FrameStamp> = stamps.chunks(per).map(|c| c[0]).collect();
+        // Each block's first frame, and how many real frames it holds (a filled last
+        // block holds fewer).
+        let firsts: Vec<(FrameStamp, u32)> =
+            stamps.chunks(per).map(|c| (c[0], c.len() as u32)).collect();
         let chunks = firsts
             .iter()
             .enumerate()
-            .map(|(i, stamp)| {
+            .map(|(i, (stamp, _))| {
                 model.frame_chunk(&embeds.f_get(i as i64)?, stamp.pts + self.pts_offset)
             })
             .collect::<Result<Vec<Tensor>, _>>()?;
@@ -210,7 +213,7 @@ impl StreamCtx {
             .ok_or_else(|| EngineError::Internal("prefill returned no KV".into()))?;
         let mut appended = Vec::with_capacity(firsts.len());
         let mut offset = 0;
-        for (stamp, len) in firsts.iter().zip(lengths) {
+        for ((stamp, frames), len) in firsts.iter().zip(lengths) {
             let block_kv = kv.narrow(offset, len)?;
             offset += len;
             let block = Block::new(
@@ -219,7 +222,10 @@ impl StreamCtx {
                 stamp.wall,
                 block_kv,
             )?
-            .with_layout(layout);
+            .with_layout(BlockLayout {
+                frames: *frames,
+                ..layout
+            });
             self.next_seq += 1;
             appended.push(self.store.append(&block)?);
             self.window.push_back(WindowFrame {

@@ -84,8 +84,10 @@ pub struct ModelSummary {
     pub vocab_size: i64,
     /// The tower's input side in pixels.
     pub image_size: i64,
-    /// Visual embeddings per frame.
+    /// Visual embeddings per block (per frame where a block is one frame).
     pub tokens_per_frame: i64,
+    /// Frames a stored block covers.
+    pub frames_per_block: i64,
     /// Tokens of one frame's chunk in the streaming prompt (embeddings and any text
     /// around them; the longest when it varies).
     pub tokens_per_frame_chunk: i64,

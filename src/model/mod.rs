@@ -21,6 +21,7 @@ pub mod family;
 pub mod llava_onevision;
 pub mod nn;
 pub mod preprocess;
+pub mod qwen2_5_vl;
 pub mod smolvlm;
 pub mod text;
 pub mod vision;
@@ -35,10 +36,11 @@ pub use decoder::{ChunkOutput, ForwardOptions, Llama};
 pub use family::{BlockLayout, Cursor, ModelSummary, Positions, VideoLlm, VideoPrompt};
 pub use llava_onevision::LlavaOnevision;
 pub use nn::context::{AttnContext, KvSegment, LayerKv};
+pub use qwen2_5_vl::Qwen25Vl;
 pub use smolvlm::SmolVlm;
 
 /// Loads the checkpoint in `dir` with the family its `config.json` names
-/// (`model_type`): `llava_onevision`, `smolvlm`.
+/// (`model_type`): `llava_onevision`, `smolvlm`, `qwen2_5_vl`.
 pub fn load(dir: &std::path::Path, opts: ModelOptions) -> ModelResult<Box<dyn VideoLlm>> {
     #[derive(serde::Deserialize)]
     struct Head {
@@ -55,8 +57,9 @@ pub fn load(dir: &std::path::Path, opts: ModelOptions) -> ModelResult<Box<dyn Vi
     match head.model_type.as_deref() {
         Some("llava_onevision") => Ok(Box::new(LlavaOnevision::load(dir, opts)?)),
         Some("smolvlm") => Ok(Box::new(smolvlm::SmolVlm::load(dir, opts)?)),
+        Some("qwen2_5_vl") => Ok(Box::new(Qwen25Vl::load(dir, opts)?)),
         Some(other) => Err(ModelError::Unsupported(format!(
-            "model_type `{other}` (families: llava_onevision, smolvlm)"
+            "model_type `{other}` (families: llava_onevision, smolvlm, qwen2_5_vl)"
         ))),
         None => Err(ModelError::InvalidConfig(format!(
             "{} has no model_type",

@@ -150,6 +150,25 @@ impl TextProcessor {
         self.render(&messages, true)
     }
 
+    /// The templated ids of one user turn holding a video then `question`, split around
+    /// the video placeholder: (before, after). The streaming layout of a family whose
+    /// chat template places the video: the part before is the sinks, the part after
+    /// follows the frames.
+    pub fn split_video_turn(&self, question: &str) -> ModelResult<(Vec<i64>, Vec<i64>)> {
+        let ids = self.encode(&self.video_user_turn(question)?)?;
+        let mut at = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i == self.video_token_id)
+            .map(|(p, _)| p);
+        match (at.next(), at.next()) {
+            (Some(p), None) => Ok((ids[..p].to_vec(), ids[p + 1..].to_vec())),
+            _ => Err(ModelError::BadPrompt(
+                "the question must not contain the video placeholder token".into(),
+            )),
+        }
+    }
+
     /// Token ids of `text` (special tokens written in the text are recognised), with
     /// the tokenizer's own added tokens (a BOS) as a whole prompt gets them.
     pub fn encode(&self, text: &str) -> ModelResult<Vec<i64>> {

@@ -314,6 +314,7 @@ pub fn citation(c: &Citation) -> pb::Citation {
         at: Some(moment(c.pts, c.wall)),
         score: c.score,
         layers: c.layers,
+        frames: c.frames,
         source: match c.source {
             BlockSource::Window => pb::BlockSource::Window,
             BlockSource::Ram => pb::BlockSource::Ram,

@@ -34,8 +34,10 @@ pub fn stamp(i: i64) -> FrameStamp {
     }
 }
 
-/// `frames` (uint8 [N, 3, H, W]) encoded and streamed one block each, stamped by
-/// [`stamp`], into a stream `name` under `dir` with a window of `window` frames.
+/// `frames` (uint8 [N, 3, H, W]) encoded and streamed one block at a time (a block is
+/// [`VideoLlm::frames_per_block`] frames; the last one filled by repeating the last
+/// frame, as the engine does when a stream ends), frame i stamped by [`stamp`], into a
+/// stream `name` under `dir` with a window of `window` blocks.
 pub fn streamed(
     model: &dyn VideoLlm,
     frames: &Tensor,
@@ -47,11 +49,20 @@ pub fn streamed(
     let layout = PromptLayout::new(model).unwrap();
     let (mut ctx, _) =
         StreamCtx::open(model, &layout, dir, name, store, window).expect("open stream");
-    let pixels = model.preprocess(frames).unwrap();
+    let n = frames.size()[0];
+    let per = model.frames_per_block() as i64;
+    let mut pixels = model.preprocess(frames).unwrap();
+    let blocks = (n + per - 1) / per;
+    if blocks * per > n {
+        let last = pixels
+            .narrow(0, n - 1, 1)
+            .repeat([blocks * per - n, 1, 1, 1]);
+        pixels = Tensor::cat(&[&pixels, &last], 0);
+    }
     let embeds = model.encode_frames(&pixels).unwrap();
-    for i in 0..embeds.size()[0] {
-        ctx.encode(model, &embeds.narrow(0, i, 1), &[stamp(i)])
-            .unwrap();
+    for b in 0..blocks {
+        let stamps: Vec<_> = (b * per..((b + 1) * per).min(n)).map(stamp).collect();
+        ctx.encode(model, &embeds.narrow(0, b, 1), &stamps).unwrap();
     }
     (layout, ctx)
 }

@@ -15,20 +15,7 @@ impl LlavaOnevision {
     /// The templated ids of a user turn holding a video then `question`, split around
     /// the video placeholder.
     fn split_prompt(&self, question: &str) -> ModelResult<(Vec<i64>, Vec<i64>)> {
-        let templated = self.text.video_user_turn(question)?;
-        let ids = self.text.encode(&templated)?;
-        let video = self.text.video_token_id();
-        let mut at = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &i)| i == video)
-            .map(|(p, _)| p);
-        match (at.next(), at.next()) {
-            (Some(p), None) => Ok((ids[..p].to_vec(), ids[p + 1..].to_vec())),
-            _ => Err(ModelError::BadPrompt(
-                "the question must not contain the video placeholder token".into(),
-            )),
-        }
+        self.text.split_video_turn(question)
     }
 
     /// Ids before the video placeholder, the same for every question.

@@ -260,6 +260,7 @@ impl VideoLlm for SmolVlm {
             vocab_size: t.vocab_size,
             image_size: self.config.vision_config.image_size,
             tokens_per_frame: self.image_seq_len,
+            frames_per_block: 1,
             tokens_per_frame_chunk: chunk,
             max_position_embeddings: t.max_position_embeddings,
             kv_bytes_per_token_fp16: t.num_hidden_layers * 2 * t.kv_heads() * t.head_dim() * 2,
