@@ -144,6 +144,31 @@ fn bf16_stays_within_a_stated_bound() {
     }
 }
 
+/// Every word the tokenizer does not know is its `<unk>`, a row of the table; an id
+/// past the table (a tokenizer from another checkpoint) is a typed error.
+#[test]
+fn text_ids_stay_inside_the_embedding_table() {
+    let _g = tch::no_grad_guard();
+    let model = load("tiny_q", Precision::F32);
+    let chunk = model
+        .question_chunk("what colour is the zeppelin ?")
+        .unwrap();
+    assert_eq!(chunk.size()[1], model.summary().hidden_size);
+    let rows = model.summary().vocab_size;
+    let err = model
+        .decoder()
+        .embed(&Tensor::from_slice(&[1i64, rows]))
+        .unwrap_err();
+    assert!(
+        matches!(err, vstreamd::error::ModelError::Tokenizer(_)),
+        "{err}"
+    );
+    assert!(model
+        .decoder()
+        .embed(&Tensor::from_slice(&[-1i64]))
+        .is_err());
+}
+
 /// The fixture's frames at the size streams are encoded at.
 fn stream_frames(model: &Qwen25Vl, name: &str) -> Tensor {
     let (h, w) = model.preprocessor.stream_size();

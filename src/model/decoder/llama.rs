@@ -397,7 +397,24 @@ impl Llama {
     }
 
     /// Token embeddings, [T, hidden], for ids [T] (int64).
+    ///
+    /// An id outside the table is a typed error, not libtorch's index error (on CUDA a
+    /// device-side assert that poisons the context): a tokenizer that emits ids its
+    /// checkpoint has no rows for (a mismatched pair, an `<unk>` past `vocab_size`)
+    /// fails the request that used it, and the daemon carries on.
     pub fn embed(&self, ids: &Tensor) -> ModelResult<Tensor> {
+        if ids.numel() > 0 {
+            let rows = self.embed_tokens.size()[0];
+            let lo = ids.f_min()?.int64_value(&[]);
+            let hi = ids.f_max()?.int64_value(&[]);
+            if lo < 0 || hi >= rows {
+                let bad = if lo < 0 { lo } else { hi };
+                return Err(ModelError::Tokenizer(format!(
+                    "token id {bad} is outside the checkpoint's embedding table of {rows} rows: \
+                     the tokenizer and the checkpoint disagree"
+                )));
+            }
+        }
         Ok(Tensor::f_embedding(
             &self.embed_tokens,
             ids,
