@@ -5,12 +5,14 @@
 //! Encoding one frame is what the streaming engine does with every frame it keeps, for
 //! any family ([`vstreamd::model::load`]): `preprocess` (uint8 → normalised pixels) →
 //! `encode_frames` (the family's tower and projector or connector; frames go through the
-//! tower `batch` at a time) → one decoder prefill of the frame's chunk (its tokens: 196
-//! for LLaVA-OneVision-0.5B; for SmolVLM2 its timestamp line, wrapper tokens and 64
-//! visual tokens) at positions 0..T against an *empty* context, returning the frame's
-//! KV (`append: false, return_kv: true`). Every frame is prefilled on its own, as a
-//! store of per-frame KV blocks needs; no growing context, so the cost per frame does
-//! not depend on how many frames came before.
+//! tower `batch` at a time) → one decoder prefill of each block's chunk (a block is a
+//! frame, or Qwen2.5-VL's temporal patch of two frames; its chunk: 196 tokens for
+//! LLaVA-OneVision-0.5B; for SmolVLM2 its timestamp line, wrapper tokens and 64 visual
+//! tokens; for Qwen2.5-VL-3B at 448 px 256 merged tokens) at the family's positions of
+//! a first block ([`VideoLlm::block_positions`]) against an *empty* context, returning
+//! the block's KV (`append: false, return_kv: true`). Every block is prefilled on its
+//! own, as a store of per-block KV needs; no growing context, so the cost per frame
+//! does not depend on how many frames came before.
 //!
 //! Measured, in one process and one run:
 //! - frames/s: a warm-up pass, then `iters` passes over `frames` synthetic frames; the
@@ -58,7 +60,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use support::{env_or, median};
 use tch::{Kind, Tensor};
-use vstreamd::model::{AttnContext, ForwardOptions, ModelOptions, Precision, VideoLlm};
+use vstreamd::model::{AttnContext, Cursor, ForwardOptions, ModelOptions, Precision, VideoLlm};
 
 /// Side of the square matmul that gives the ceiling.
 const CEILING_N: i64 = 2048;
@@ -242,9 +244,12 @@ fn encode_pass(
         let t1 = Instant::now();
         let embeddings = model.encode_frames(&pixels)?;
         let t2 = Instant::now();
-        for f in 0..len {
+        for f in 0..embeddings.size()[0] {
             let embeds = model.frame_chunk(&embeddings.f_get(f)?, Duration::ZERO)?;
-            let positions = model.positions(0, embeds.size()[0])?;
+            let positions = model.block_positions(
+                &mut Cursor::new(1.0),
+                &[(embeds.size()[0], model.block_layout())],
+            )?;
             let mut ctx = AttnContext::new(model.decoder().num_layers());
             let out = model
                 .decoder()
@@ -282,6 +287,15 @@ fn main() -> Result<()> {
     let load_s = load_start.elapsed().as_secs_f64();
     let (hwm_load_kb, rss_loaded_kb) = memory_kb();
 
+    let per = model.frames_per_block() as i64;
+    if s.batch % per != 0 || s.frames % per != 0 {
+        bail!(
+            "{} blocks hold {per} frames: VSTREAMD_BENCH_BATCH ({}) and VSTREAMD_BENCH_FRAMES ({}) must be multiples of it",
+            model.family(),
+            s.batch,
+            s.frames
+        );
+    }
     let (th, tw) = model.frame_size();
     let (fh, fw) = s.frame_size.unwrap_or((i64::from(th), i64::from(tw)));
     let frames = synthetic_frames(0, s.frames, fh, fw)?;
@@ -300,7 +314,7 @@ fn main() -> Result<()> {
         model.family()
     );
     println!(
-        "  model: {:.1}M parameters, vision {} layers, decoder {} layers x {} hidden, {} tokens/frame",
+        "  model: {:.1}M parameters, vision {} layers, decoder {} layers x {} hidden, {} tokens a block of {per} frame(s)",
         summary.parameters as f64 / 1e6,
         summary.vision_layers,
         summary.layers,
@@ -420,7 +434,8 @@ fn main() -> Result<()> {
         "checksum": checksum,
         "batch": s.batch,
         "iters": s.iters,
-        "tokens_per_frame": tokens,
+        "tokens_per_frame": tokens / per,
+        "frames_per_block": per,
         "parameters": summary.parameters,
         "load_s": load_s,
         "pass_s": totals,

@@ -126,8 +126,8 @@ use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
 use vstreamd::kv::{Block, BlockMeta, CompressedBlock, KvStore, Quant, StoreConfig, Tier};
 use vstreamd::model::{
-    self as vmodel, AttnContext, ForwardOptions, KvSegment, LayerKv, ModelOptions, Precision,
-    VideoLlm,
+    self as vmodel, AttnContext, BlockLayout, Cursor, ForwardOptions, KvSegment, LayerKv,
+    ModelOptions, Precision, VideoLlm,
 };
 use vstreamd::retrieval::{self, LayerSelection};
 
@@ -417,32 +417,79 @@ fn embed_frames(model: &dyn VideoLlm, n: u64, batch: u64) -> Result<Tensor> {
 
 /// Seconds of a full re-prefill: `embeds` [T, hidden] at positions 0..T from an empty
 /// context, then the first token (logits of the last position, greedy).
-fn full_prefill(model: &dyn VideoLlm, embeds: &Tensor) -> Result<f64> {
+fn full_prefill(model: &dyn VideoLlm, prompt: &Reprefill) -> Result<f64> {
+    let embeds = &prompt.embeds;
     let t = embeds.size()[0];
     let dec = model.decoder();
     let start = Instant::now();
     let mut ctx = AttnContext::new(dec.num_layers());
-    let positions = model.positions(0, t)?;
-    let out = dec.forward(embeds, &positions, &mut ctx, ForwardOptions::default())?;
+    let out = dec.forward(
+        embeds,
+        &prompt.positions,
+        &mut ctx,
+        ForwardOptions::default(),
+    )?;
     let last = out.hidden.f_narrow(0, t - 1, 1)?;
     let token = dec.logits(&last)?.f_argmax(-1, false)?.int64_value(&[0]);
     std::hint::black_box(token);
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The re-prefill prompt for frame embeddings [F, tokens_per_frame, hidden]: the
-/// family's streaming layout in one piece (sinks, every frame's chunk at one frame a
-/// second, the question's chunk), which the equivalence tests show is the prompt
-/// `transformers` builds for LLaVA-OneVision and SmolVLM's streaming layout.
-fn reprefill_embeddings(model: &dyn VideoLlm, frames: &Tensor, question: &str) -> Result<Tensor> {
-    let sinks = Tensor::from_slice(&model.sink_ids()?).f_to_device(model.device())?;
-    let mut parts = vec![model.decoder().embed(&sinks)?];
-    for i in 0..frames.size()[0] {
-        let time = Duration::from_secs(i as u64);
-        parts.push(model.frame_chunk(&frames.f_get(i)?, time)?);
+/// A re-prefill prompt: input embeddings [T, hidden] and their positions.
+struct Reprefill {
+    embeds: Tensor,
+    positions: Tensor,
+}
+
+impl Reprefill {
+    fn tokens(&self) -> i64 {
+        self.embeds.size()[0]
     }
-    parts.push(model.question_chunk(question)?);
-    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
+/// The re-prefill prompt for block embeddings [B, tokens_per_frame, hidden]: the
+/// family's streaming layout in one piece (sinks, every block's chunk at one frame a
+/// second, the question's chunk) at the family's positions, which the equivalence tests
+/// show is the prompt `transformers` builds for the same frames.
+fn reprefill_embeddings(
+    model: &dyn VideoLlm,
+    frames: &Tensor,
+    question: &str,
+) -> Result<Reprefill> {
+    let mut cursor = Cursor::new(1.0);
+    let sink_ids = model.sink_ids()?;
+    let sinks = Tensor::from_slice(&sink_ids).f_to_device(model.device())?;
+    let mut parts = vec![model.decoder().embed(&sinks)?];
+    let mut positions = vec![model.text_positions(&mut cursor, sink_ids.len() as i64)?];
+    let layout = model.block_layout();
+    let per = model.frames_per_block() as u64;
+    let mut planned = Vec::new();
+    for i in 0..frames.size()[0] {
+        let time = Duration::from_secs(i as u64 * per);
+        let chunk = model.frame_chunk(&frames.f_get(i)?, time)?;
+        planned.push((chunk.size()[0], layout));
+        parts.push(chunk);
+    }
+    positions.push(model.block_positions(&mut cursor, &planned)?);
+    let question = model.question_chunk(question)?;
+    positions.push(model.text_positions(&mut cursor, question.size()[0])?);
+    parts.push(question);
+    // One axis, or three where any part has three (text sits on all alike).
+    let axes = positions.iter().map(|p| p.dim()).max().unwrap_or(1);
+    let positions = positions
+        .iter()
+        .map(|p| {
+            if axes == 2 && p.dim() == 1 {
+                p.f_unsqueeze(0)?.f_expand([3, -1], false)
+            } else {
+                Ok(p.shallow_clone())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Reprefill {
+        embeds: Tensor::f_cat(&parts, 0)?,
+        positions: Tensor::f_cat(&positions, -1)?,
+    })
 }
 
 /// The side of the square frames `model` takes.
@@ -818,7 +865,7 @@ fn tiny(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let model = vmodel::load(&model_dir, ModelOptions::cpu(Precision::F32))?;
     let frames_1k = embed_frames(model.as_ref(), REPREFILL_FRAMES as u64, 100)?;
     let embeds = reprefill_embeddings(model.as_ref(), &frames_1k, QUESTIONS[0])?;
-    let tokens = embeds.size()[0];
+    let tokens = embeds.tokens();
     full_prefill(model.as_ref(), &embeds)?;
     let runs: Vec<f64> = (0..3)
         .map(|_| full_prefill(model.as_ref(), &embeds))
@@ -862,6 +909,8 @@ struct KvShape {
     heads: i64,
     dim: i64,
     dtype: Kind,
+    /// How the family's blocks lay their tokens out (what placing them needs).
+    layout: BlockLayout,
 }
 
 impl KvShape {
@@ -872,6 +921,7 @@ impl KvShape {
             heads: t.kv_heads(),
             dim: t.head_dim(),
             dtype: model.dtype(),
+            layout: model.block_layout(),
         }
     }
 
@@ -902,7 +952,7 @@ fn random_kv(shape: KvShape, tokens: i64) -> Result<KvSegment> {
 fn synthetic_block(shape: KvShape, seq: u64, tokens: i64) -> Result<Block> {
     let pts = Duration::from_millis(500 * seq);
     let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000) + pts;
-    Ok(Block::new(seq, pts, wall, random_kv(shape, tokens)?)?)
+    Ok(Block::new(seq, pts, wall, random_kv(shape, tokens)?)?.with_layout(shape.layout))
 }
 
 /// The part of answering whose cost depends on the number of stored blocks, as
@@ -1149,8 +1199,10 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let mut tower = Vec::new();
     let mut kept = Vec::new();
     // Frame 0 warms libtorch up and is not counted.
+    let per = model.frames_per_block() as u64;
     for i in 0..=BIG_TOWER_FRAMES {
-        let raw = frames_tensor(i, 1, size, size)?;
+        // One block: a frame, or a family's group of frames.
+        let raw = frames_tensor(i * per, per, size, size)?;
         let t0 = Instant::now();
         let pixels = model.preprocess(&raw)?;
         let embeds = model.encode_frames(&pixels)?;
@@ -1171,14 +1223,19 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         )
         .map(|(ctx, _)| ctx)
     };
-    // Encodes frame `i` of `ctx` (embeddings taken in turn); seconds.
+    // Encodes block `i` of `ctx` (embeddings taken in turn); seconds.
+    let stamps_of = |first: u64, blocks: u64| -> Vec<FrameStamp> {
+        (first * per..(first + blocks) * per)
+            .map(|f| FrameStamp {
+                pts: Duration::from_millis(500 * f),
+                wall: SystemTime::now(),
+            })
+            .collect()
+    };
     let encode = |ctx: &mut StreamCtx, i: usize| -> Result<f64> {
-        let stamp = FrameStamp {
-            pts: Duration::from_millis(500 * i as u64),
-            wall: SystemTime::now(),
-        };
+        let stamps = stamps_of(i as u64, 1);
         let start = Instant::now();
-        ctx.encode(model, &kept[i % kept.len()], &[stamp])?;
+        ctx.encode(model, &kept[i % kept.len()], &stamps)?;
         Ok(start.elapsed().as_secs_f64())
     };
     let mut long = open("encode")?;
@@ -1274,13 +1331,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         let (mut ctx, _) =
             StreamCtx::open(model, &layout, &dir, &id, store_config(s.big_quant), window)?;
         let reopen_s = reopen.elapsed().as_secs_f64();
-        let stamps: Vec<FrameStamp> = (0..window)
-            .map(|i| FrameStamp {
-                pts: Duration::from_millis(500 * i as u64),
-                wall: SystemTime::now(),
-            })
-            .collect();
-        ctx.encode(model, &window_embeds, &stamps)?;
+        ctx.encode(model, &window_embeds, &stamps_of(0, window as u64))?;
         println!(
             "  (2) {level} blocks of {} ({:?}) written in {fill_s:.1} s, recovered in {reopen_s:.1} s; disk {}",
             mib(block_bytes as f64),
@@ -1369,7 +1420,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         let idx: Vec<i64> = (0..frames as i64).map(|i| i % kept.size()[0]).collect();
         Ok(kept.f_index_select(0, &Tensor::from_slice(&idx))?)
     };
-    let prompt_extra = reprefill_embeddings(model, &cycled(1)?, QUESTIONS[0])?.size()[0] - tpf;
+    let prompt_extra = reprefill_embeddings(model, &cycled(1)?, QUESTIONS[0])?.tokens() - tpf;
     let tokens = |frames: usize| frames as f64 * tpf as f64 + prompt_extra as f64;
     full_prefill(
         model,
@@ -1414,7 +1465,7 @@ fn big(s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     println!(
         "  (3) re-prefill calibration: {calib_frames} frames in {calib:.2} s ({:.0} GFLOP/s); {frames} frames ({} tokens) predicted {:.0} s, took {full:.1} s",
         flop_rate / 1e9,
-        embeds.size()[0],
+        embeds.tokens(),
         predict(frames)
     );
     if let Some(t1k) = t1k {

@@ -21,13 +21,14 @@ loading through /proc/self/clear_refs, so the encode phase's own peak shows too)
 synthetic frames come from the Rust bench's formula, so both encode the same pixels.
 
 `--compare` is the driver: it builds the Rust bench, generates the random checkpoints
-of real models' shapes if missing (scripts/make_bench_checkpoint.py: LLaVA-OneVision-0.5B
-and SmolVLM2-256M), then for each case runs `cargo bench --bench encode` and this
+of real models' shapes if missing (scripts/make_bench_checkpoint.py: LLaVA-OneVision-0.5B,
+SmolVLM2-256M and Qwen2.5-VL-3B), then for each case runs `cargo bench --bench encode` and this
 script's `transformers` side in separate processes (so each peak-memory figure is its
 own), compares their outputs (frame embeddings, prefill hidden states, layer-0 values of
 the first frame) and prints the table. Cases: tiny_a (tests/fixtures/llava_ov/tiny_a) in
 f32 and bf16, 32 frames at the tower size; the 0.5B shape and the SmolVLM2-256M shape,
-4 frames of 360x640 each (so both sides resize), in bf16 where the CPU multiplies bf16
+4 frames of 360x640 each (so both sides resize), the Qwen2.5-VL-3B shape, 4 frames of
+448x448 (two temporal patches of 32x32 patches), in bf16 where the CPU multiplies bf16
 natively (AVX-512 or AMX) and f32 elsewhere (`--big-dtype`), in `--rounds` alternating
 rounds (vstreamd, transformers, vstreamd, ...) whose passes are pooled; `--cases`
 picks some (`--cases smolvlm`). The big cases carry the targets (>= 1.3x transformers,
@@ -56,6 +57,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "fixtures", "llava_ov", "tiny_a")
 BIG = os.path.join(REPO, "target", "bench-checkpoints", "llava_ov_0p5b_shape")
 SMOL = os.path.join(REPO, "target", "bench-checkpoints", "smolvlm2_256m_shape")
+QWEN = os.path.join(REPO, "target", "bench-checkpoints", "qwen2_5_vl_3b_shape")
 CEILING_N = 2048
 CEILING_SAMPLES = 10
 TARGET_RATIO = 1.3
@@ -68,8 +70,9 @@ CASES = [
     ("tiny_a", TINY, "bf16", 32, 4, 5, None),
     ("0.5B-shape", BIG, "auto", 4, 4, 3, (360, 640)),
     ("SmolVLM2-256M", SMOL, "auto", 4, 4, 3, (360, 640)),
+    ("Qwen2.5-VL-3B", QWEN, "auto", 4, 4, 3, (448, 448)),
 ]
-BIG_CASES = (BIG, SMOL)
+BIG_CASES = (BIG, SMOL, QWEN)
 
 
 def cpu_flags():
@@ -253,6 +256,53 @@ class SmolVlmSide:
         return self.torch.cat([self.before, embeddings, self.after], 0)
 
 
+class QwenSide:
+    """Qwen2.5-VL: the video processor (`smart_resize`, bicubic, temporal patches),
+    `get_video_features` (vision transformer with window attention, merger), a prefill of
+    each temporal patch's merged tokens at its M-RoPE positions (those of a first block:
+    temporal 0, rows and columns from 0), as vstreamd stores one block per temporal
+    patch."""
+
+    def __init__(self, torch, model_dir, dtype):
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        self.torch = torch
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="eager"
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir).video_processor
+        cfg = self.model.config
+        v = cfg.vision_config
+        self.image_size = 448
+        self.merge = v.spatial_merge_size
+        self.hidden = cfg.text_config.hidden_size
+        self.lm = self.model.model.language_model
+        self.grid = None
+        self.tokens = None
+        self.frames_per_block = v.temporal_patch_size
+
+    def pixels(self, chunk):
+        out = self.processor(videos=[chunk], return_tensors="pt", do_sample_frames=False)
+        self.grid = out["video_grid_thw"]
+        t, h, w = (int(x) for x in self.grid[0])
+        self.tokens = h * w // self.merge**2
+        self.rows, self.cols = h // self.merge, w // self.merge
+        return out["pixel_values_videos"]
+
+    def features(self, pixels, n):
+        out = self.model.model.get_video_features(pixels, self.grid).pooler_output
+        return self.torch.cat(list(out), 0).reshape(-1, self.tokens, self.hidden)
+
+    def chunk(self, embeddings):
+        return embeddings
+
+    def positions(self, length):
+        torch = self.torch
+        rows = torch.arange(self.rows).repeat_interleave(self.cols)
+        cols = torch.arange(self.cols).repeat(self.rows)
+        return torch.stack([torch.zeros_like(rows), rows, cols]).view(3, 1, length)
+
+
 def transformers_side(args):
     import torch
     import transformers
@@ -264,11 +314,10 @@ def transformers_side(args):
 
     load_start = time.perf_counter()
     family = family_of(args.model)
-    side = (SmolVlmSide if family == "smolvlm" else LlavaSide)(torch, args.model, dtype)
+    side = {"smolvlm": SmolVlmSide, "qwen2_5_vl": QwenSide}.get(family, LlavaSide)(torch, args.model, dtype)
     load_s = time.perf_counter() - load_start
     hwm_load_kb, rss_loaded_kb = memory_kb()
 
-    tokens = side.tokens
     lm = side.lm
     fh, fw = args.frame_size or (side.image_size, side.image_size)
     frames = synthetic_frames(torch, 0, args.frames, fh, fw)
@@ -285,9 +334,12 @@ def transformers_side(args):
             t1 = time.perf_counter()
             embeddings = side.features(pixels, n)
             t2 = time.perf_counter()
-            for f in range(n):
+            for f in range(embeddings.shape[0]):
                 inputs = side.chunk(embeddings[f])
-                positions = torch.arange(inputs.shape[0]).unsqueeze(0)
+                if hasattr(side, "positions"):
+                    positions = side.positions(inputs.shape[0])
+                else:
+                    positions = torch.arange(inputs.shape[0]).unsqueeze(0)
                 out = lm(inputs_embeds=inputs[None], position_ids=positions, use_cache=True)
                 if keep and start == 0 and f == 0:
                     first = {
@@ -333,7 +385,7 @@ def transformers_side(args):
         "checksum": checksum,
         "batch": args.batch,
         "iters": args.iters,
-        "tokens_per_frame": tokens,
+        "tokens_per_frame": side.tokens // getattr(side, "frames_per_block", 1),
         "load_s": load_s,
         "pass_s": totals,
         "fps": fps,
@@ -436,6 +488,9 @@ def compare(args):
     if any(c[1] == SMOL for c in cases):
         print("== SmolVLM2-256M-shaped checkpoint", flush=True)
         subprocess.run([sys.executable, make, "--family", "smolvlm", "--out", SMOL], check=True)
+    if any(c[1] == QWEN for c in cases):
+        print("== Qwen2.5-VL-3B-shaped checkpoint", flush=True)
+        subprocess.run([sys.executable, make, "--family", "qwen2_5_vl", "--out", QWEN], check=True)
     threads = args.threads or os.cpu_count()
     resolved, why = big_dtype(args.big_dtype)
     print(f"== big cases' dtype: {resolved} ({why})", flush=True)

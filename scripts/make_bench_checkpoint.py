@@ -32,6 +32,17 @@ tokenizer is the tiny SmolVLM fixture's (`tests/fixtures/smolvlm/tiny_s`): the e
 path needs only the frame chunk's few text tokens, whose ids are rows of the real
 vocabulary.
 
+`--family qwen2_5_vl`: shapes of Qwen2.5-VL-3B-Instruct: vision transformer depth 32,
+hidden 1280, intermediate 3420 (SwiGLU), 16 heads, patch 14 over temporal patches of 2
+frames, windows of 112 px with full attention in blocks 7, 15, 23 and 31, a 2x2 merger
+into 2048; decoder Qwen2.5-3B (hidden 2048, intermediate 11008, 36 layers, 16 heads,
+2 KV heads, rope_theta 1e6, M-RoPE sections [16, 24, 24], tied embeddings). The config
+is written in the hub's flat layout and the processor as the hub's
+`preprocessor_config.json` (min 3136, max 12845056 pixels). The tokenizer and chat
+template are the tiny Qwen2.5-VL fixture's (`tests/fixtures/qwen2_5_vl/tiny_q`) and the
+vocabulary its 84 ids (the real 151936 only adds an embedding table the encode path
+does not touch beyond its rows); 3.4B parameters, 6.9 GB in bf16.
+
 Usage (reference environment, see scripts/setup-python.sh):
 
     python scripts/make_bench_checkpoint.py [--out target/bench-checkpoints/llava_ov_0p5b_shape]
@@ -51,6 +62,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "fixtures", "llava_ov", "tiny_a")
 DEFAULT_OUT = os.path.join(REPO, "target", "bench-checkpoints", "llava_ov_0p5b_shape")
 SMOL_OUT = os.path.join(REPO, "target", "bench-checkpoints", "smolvlm2_256m_shape")
+QWEN_OUT = os.path.join(REPO, "target", "bench-checkpoints", "qwen2_5_vl_3b_shape")
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 VISION = dict(
@@ -87,7 +99,8 @@ def randomise(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            is_norm = "norm" in name  # layer_norm1/2, post_layernorm, input_layernorm, norm...
+            # layer_norm1/2, post_layernorm, input_layernorm, norm..., Qwen's merger ln_q
+            is_norm = "norm" in name or ".ln_q." in name
             if name.endswith(".bias"):
                 p.zero_()
             elif is_norm:
@@ -227,6 +240,66 @@ def build_smolvlm(out, vocab_size, seed):
     return params
 
 
+QWEN_TINY = os.path.join(REPO, "tests", "fixtures", "qwen2_5_vl", "tiny_q")
+QWEN_VISION = dict(
+    depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3,
+    out_hidden_size=2048, patch_size=14, spatial_merge_size=2, spatial_patch_size=14, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, temporal_patch_size=2,
+)
+QWEN_TEXT = dict(
+    hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0,
+    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=True,
+    use_sliding_window=False, sliding_window=32768, max_window_layers=70, hidden_act="silu",
+)
+
+
+def build_qwen(out, vocab_size, seed):
+    import torch
+    import transformers
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    transformers.utils.logging.disable_progress_bar()
+    with open(os.path.join(QWEN_TINY, "config.json")) as f:
+        tiny = json.load(f)
+    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    flat = dict(QWEN_TEXT, vocab_size=vocab_size, model_type="qwen2_5_vl",
+                architectures=["Qwen2_5_VLForConditionalGeneration"], vision_config=QWEN_VISION,
+                eos_token_id=tiny["text_config"]["eos_token_id"], bos_token_id=tiny["text_config"]["bos_token_id"],
+                torch_dtype="bfloat16", **ids)
+    config = Qwen2_5_VLConfig.from_dict(dict(flat))
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model.to(torch.bfloat16).to_empty(device="cpu").eval()
+    randomise(model, seed)
+    model.tie_weights()
+
+    staging = out + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    with open(os.path.join(staging, "config.json"), "w") as f:
+        json.dump(flat, f, indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(QWEN_TINY, name), os.path.join(staging, name))
+    for name in ("processor_config.json", "video_preprocessor_config.json", "preprocessor_config.json"):
+        path = os.path.join(staging, name)
+        if os.path.exists(path):
+            os.remove(path)
+    hub = {
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    }
+    with open(os.path.join(staging, "preprocessor_config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    params = sum(p.numel() for p in model.parameters())
+    with open(os.path.join(staging, ".complete"), "w") as f:
+        json.dump({"family": "qwen2_5_vl", "parameters": params, "vocab_size": vocab_size, "seed": seed}, f)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return params
+
+
 def reexec_in_pyref():
     """Runs under the reference environment's Python, as bench_encode.py does."""
     for env in (os.environ.get("VSTREAMD_PYREF"), "/opt/vstreamd/pyref", "/opt/pyref"):
@@ -240,8 +313,9 @@ def reexec_in_pyref():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", default="llava_onevision", choices=["llava_onevision", "smolvlm"])
-    ap.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (llava_onevision), {SMOL_OUT} (smolvlm)")
+    ap.add_argument("--family", default="llava_onevision", choices=["llava_onevision", "smolvlm", "qwen2_5_vl"])
+    ap.add_argument("--out", default=None,
+                    help=f"default: {DEFAULT_OUT} (llava_onevision), {SMOL_OUT} (smolvlm), {QWEN_OUT} (qwen2_5_vl)")
     ap.add_argument("--vocab", type=int, default=None, help="decoder vocabulary size (default: the real model's)")
     ap.add_argument("--image-size", type=int, default=VISION["image_size"], help="tower input size (see above)")
     ap.add_argument("--seed", type=int, default=0)
@@ -249,13 +323,14 @@ def main():
     args = ap.parse_args()
     reexec_in_pyref()
     smol = args.family == "smolvlm"
-    out = os.path.abspath(args.out or (SMOL_OUT if smol else DEFAULT_OUT))
-    vocab = args.vocab or (49280 if smol else 151936)
+    qwen = args.family == "qwen2_5_vl"
+    out = os.path.abspath(args.out or (SMOL_OUT if smol else QWEN_OUT if qwen else DEFAULT_OUT))
+    vocab = args.vocab or (49280 if smol else 84 if qwen else 151936)
     if not args.force and os.path.exists(os.path.join(out, ".complete")):
         with open(os.path.join(out, ".complete")) as f:
             done = json.load(f)
         wanted = {"vocab_size": vocab, "seed": args.seed}
-        wanted.update({"family": "smolvlm"} if smol else {"image_size": args.image_size})
+        wanted.update({"family": args.family} if smol or qwen else {"image_size": args.image_size})
         if all(done.get(k) == v for k, v in wanted.items()):
             print(f"[make_bench_checkpoint] present: {out}", file=sys.stderr)
             return
@@ -263,6 +338,8 @@ def main():
     start = time.perf_counter()
     if smol:
         params = build_smolvlm(out, vocab, args.seed)
+    elif qwen:
+        params = build_qwen(out, vocab, args.seed)
     else:
         params = build(out, vocab, args.image_size, args.seed)
     print(
