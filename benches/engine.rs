@@ -119,8 +119,8 @@ use vstreamd::engine::answer;
 use vstreamd::engine::prompt::PromptLayout;
 use vstreamd::engine::stream::{FrameStamp, StreamCtx};
 use vstreamd::engine::{
-    AskMode, AskRequest, Engine, EngineConfig, Figures, FrameInput, Sampling, StreamInfo,
-    StreamSpec,
+    AskDefaults, AskMode, AskRequest, Engine, EngineConfig, Figures, FrameInput, Sampling,
+    StreamInfo, StreamSpec,
 };
 use vstreamd::ingest::Frame;
 use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
@@ -1108,8 +1108,11 @@ fn library_ask(
         layout,
         ctx,
         &req,
-        top_k,
-        LayerSelection::PerLayer,
+        AskDefaults {
+            top_k,
+            layer_selection: LayerSelection::PerLayer,
+            recent_frames: None,
+        },
         SystemTime::now(),
     )?;
     let mut ttft = None;

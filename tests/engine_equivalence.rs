@@ -212,8 +212,11 @@ fn time_ranges_restrict_the_context() {
         &layout,
         &mut ctx,
         &req,
-        16,
-        LayerSelection::PerLayer,
+        vstreamd::engine::AskDefaults {
+            top_k: 16,
+            layer_selection: LayerSelection::PerLayer,
+            recent_frames: None,
+        },
         std::time::SystemTime::now(),
     )
     .err()

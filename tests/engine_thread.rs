@@ -330,6 +330,59 @@ fn blocks_survive_an_engine_restart() {
     assert!(all.citations.windows(2).all(|w| w[0].pts < w[1].pts));
 }
 
+/// `[engine] recent_frames` is what a question that does not say gets: the last r
+/// frames of the window; a question that says wins; more than the window is refused.
+#[test]
+fn the_engine_default_of_recent_frames_applies_when_a_question_is_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig {
+        quant: Quant::F32,
+        ram_budget_bytes: 64 << 20,
+        rep_key_budget_bytes: 64 << 20,
+        dedup_threshold: None,
+        disk: None,
+    };
+    let mut config = EngineConfig::new(dir.path(), store.clone());
+    config.window_frames = 9;
+    config.recent_frames = Some(10);
+    assert!(
+        config.validate().is_err(),
+        "recent_frames beyond the window"
+    );
+    config.recent_frames = Some(2);
+    let engine = Engine::start(load(NAME, Precision::F32), config).expect("engine");
+    let (tx, _) = add(&engine, "cam");
+    let frames = fixture_frames("cam", 0);
+    let n = frames.len() as u64;
+    for f in frames {
+        tx.send(f).unwrap();
+    }
+    wait_encoded(&engine, "cam", n);
+    let window = |req: AskRequest| -> Vec<Duration> {
+        let answer = engine.ask(req).unwrap().wait().unwrap();
+        answer
+            .citations
+            .iter()
+            .filter(|c| c.source == BlockSource::Window)
+            .map(|c| c.pts)
+            .collect()
+    };
+    let last =
+        |k: u64| -> Vec<Duration> { (n - k..n).map(|i| Duration::from_secs(2 * i)).collect() };
+    let mut recent = ask_all("cam", 1);
+    recent.mode = AskMode::Recent;
+    recent.recent_frames = None;
+    assert_eq!(window(recent.clone()), last(2));
+    recent.recent_frames = Some(3);
+    assert_eq!(window(recent), last(3));
+    let mut retrieve = ask_all("cam", 1);
+    retrieve.top_k = Some(1);
+    retrieve.recent_frames = None;
+    assert_eq!(window(retrieve), last(2));
+    drop(tx);
+    engine.shutdown();
+}
+
 #[test]
 fn a_shared_retrieval_layer_beyond_the_model_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -80,8 +80,13 @@ pub struct AskArgs {
     pub range: RangeArgs,
     #[arg(long, value_enum, default_value = "retrieve")]
     pub mode: ModeArg,
+    /// Blocks retrieved per layer (0: the daemon's `[engine] top_k`).
     #[arg(long, default_value_t = 0)]
     pub top_k: u32,
+    /// Frames of the recent window attended to (unset: the daemon's `[engine]
+    /// recent_frames`; 0: none).
+    #[arg(long)]
+    pub recent_frames: Option<u32>,
     #[arg(long, default_value_t = 0)]
     pub max_new_tokens: u32,
     #[arg(long, default_value_t = 0.0)]
@@ -294,6 +299,7 @@ pub fn ask(args: &AskArgs) -> anyhow::Result<()> {
                     ModeArg::Uniform => pb::AskMode::Uniform,
                 } as i32,
                 top_k: args.top_k,
+                recent_frames: args.recent_frames,
                 max_new_tokens: args.max_new_tokens,
                 temperature: args.temperature,
                 seed: args.seed,

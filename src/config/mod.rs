@@ -160,6 +160,9 @@ pub struct EngineSection {
     pub max_top_k: usize,
     /// Unset: ReKV per-layer retrieval; N: every layer takes layer N's top-k.
     pub shared_retrieval_layer: Option<usize>,
+    /// Frames of the recent window a question attends to when it does not say
+    /// (≤ `window_frames`); unset: the whole window.
+    pub recent_frames: Option<usize>,
     pub max_new_tokens: usize,
     pub max_new_tokens_limit: usize,
     pub retention_interval_seconds: u64,
@@ -178,6 +181,7 @@ impl Default for EngineSection {
             top_k: d.top_k,
             max_top_k: d.max_top_k,
             shared_retrieval_layer: None,
+            recent_frames: d.recent_frames,
             max_new_tokens: d.max_new_tokens,
             max_new_tokens_limit: d.max_new_tokens_limit,
             retention_interval_seconds: d.retention_interval.as_secs(),
@@ -513,6 +517,7 @@ impl Config {
         config.layer_selection = e
             .shared_retrieval_layer
             .map_or(LayerSelection::PerLayer, LayerSelection::Shared);
+        config.recent_frames = e.recent_frames;
         config.max_new_tokens = e.max_new_tokens;
         config.max_new_tokens_limit = e.max_new_tokens_limit;
         config.retention_interval = Duration::from_secs(e.retention_interval_seconds.max(1));
@@ -558,6 +563,7 @@ path = "/models/tiny"
             ("[server]\nmax_concurrent_asks = 0", "server.max_concurrent_asks"),
             ("[server]\nmax_question_bytes = 99999", "server.max_question_bytes"),
             ("[engine]\nwindow_frames = 0", "engine"),
+            ("[engine]\nrecent_frames = 9", "engine"),
             ("[ingest]\nsample_fps = 0.0", "ingest.sample_fps"),
             ("[store]\ndedup_threshold = 1.5", "store.dedup_threshold"),
             (

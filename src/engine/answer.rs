@@ -20,14 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tch::{Kind, Tensor};
 
-use crate::engine::config::{AskMode, AskRequest, Sampling};
+use crate::engine::config::{AskDefaults, AskMode, AskRequest, Sampling};
 use crate::engine::prompt::PromptLayout;
 use crate::engine::stream::{layouts, StreamCtx, WindowFrame};
 use crate::error::{EngineError, EngineResult};
 use crate::kv::{BlockMeta, CompressedBlock, Tier};
 use crate::metrics as names;
 use crate::model::{AttnContext, ForwardOptions, LayerKv, Positions, VideoLlm};
-use crate::retrieval::{self, LayerSelection, Selection};
+use crate::retrieval::{self, Selection};
 
 /// Where a cited block's KV came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,20 +116,19 @@ pub fn prepare(
     layout: &PromptLayout,
     stream: &mut StreamCtx,
     req: &AskRequest,
-    default_k: usize,
-    default_selection: LayerSelection,
+    defaults: AskDefaults,
     now: SystemTime,
 ) -> EngineResult<Prepared> {
     let range = req.range.resolve(now);
     let question = layout.question_embeddings(model, &req.question)?;
     let layers = model.decoder().num_layers();
     let device = model.device();
-    let k = req.top_k.unwrap_or(default_k);
+    let k = req.top_k.unwrap_or(defaults.top_k);
 
     // The recent frames used as they are: the last r of the window inside the range.
     let recent_default = match req.mode {
         AskMode::Uniform => 0,
-        AskMode::Retrieve | AskMode::Recent => usize::MAX,
+        AskMode::Retrieve | AskMode::Recent => defaults.recent_frames.unwrap_or(usize::MAX),
     };
     let r = req.recent_frames.unwrap_or(recent_default);
     let in_range: Vec<usize> = (0..stream.window().len())
@@ -173,7 +172,7 @@ pub fn prepare(
                         scores.push_block(&queries, keys);
                     }
                 })?;
-                let how = req.layer_selection.unwrap_or(default_selection);
+                let how = req.layer_selection.unwrap_or(defaults.layer_selection);
                 let selection = retrieval::select_top_k(&scores, k, how);
                 (candidates, selection)
             } else {

@@ -27,6 +27,9 @@ pub struct EngineConfig {
     /// Whose scores pick the blocks when a question does not say; a shared layer must
     /// be one of the model's (checked at start).
     pub layer_selection: LayerSelection,
+    /// Frames of the recent window a retrieve or recent question attends to when it
+    /// does not say (≤ `window_frames`); `None`: the whole window.
+    pub recent_frames: Option<usize>,
     /// Answer length when a question does not say.
     pub max_new_tokens: usize,
     /// Upper bound a question may ask for.
@@ -56,6 +59,7 @@ impl EngineConfig {
             top_k: 16,
             max_top_k: 64,
             layer_selection: LayerSelection::PerLayer,
+            recent_frames: None,
             max_new_tokens: 64,
             max_new_tokens_limit: 1024,
             store,
@@ -79,6 +83,9 @@ impl EngineConfig {
         if self.decode_batch == 0 {
             return bad("decode_batch must be at least 1");
         }
+        if self.recent_frames.is_some_and(|r| r > self.window_frames) {
+            return bad("recent_frames must be at most window_frames");
+        }
         if !(self.answer_share > 0.0 && self.answer_share < 1.0) {
             return bad("answer_share must be in (0, 1)");
         }
@@ -86,6 +93,27 @@ impl EngineConfig {
             return bad("max_new_tokens must be in 1..=max_new_tokens_limit");
         }
         Ok(())
+    }
+}
+
+/// What a question gets for what it leaves unset (from [`EngineConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskDefaults {
+    /// Blocks per layer (Retrieve) or in all (Uniform).
+    pub top_k: usize,
+    /// Retrieve: whose scores pick the blocks.
+    pub layer_selection: LayerSelection,
+    /// Retrieve and Recent: frames of the recent window; `None`: all of it.
+    pub recent_frames: Option<usize>,
+}
+
+impl EngineConfig {
+    pub fn ask_defaults(&self) -> AskDefaults {
+        AskDefaults {
+            top_k: self.top_k,
+            layer_selection: self.layer_selection,
+            recent_frames: self.recent_frames,
+        }
     }
 }
 

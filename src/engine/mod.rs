@@ -40,7 +40,7 @@ use crate::model::VideoLlm;
 use crate::retrieval::LayerSelection;
 
 pub use answer::{BlockSource, Citation, Figures, FinishReason};
-pub use config::{AskMode, AskRequest, EngineConfig, Sampling};
+pub use config::{AskDefaults, AskMode, AskRequest, EngineConfig, Sampling};
 use prompt::PromptLayout;
 use worker::Worker;
 

@@ -462,8 +462,7 @@ impl Worker {
             &self.layout,
             &mut entry.ctx,
             req,
-            self.config.top_k,
-            self.config.layer_selection,
+            self.config.ask_defaults(),
             SystemTime::now(),
         )?;
         let room = answer::new_tokens_room(&*self.model, prepared.next_position)?;

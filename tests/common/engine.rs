@@ -9,6 +9,7 @@ use tch::Tensor;
 use vstreamd::engine::answer::{self, Prepared};
 use vstreamd::engine::prompt::PromptLayout;
 use vstreamd::engine::stream::{FrameStamp, StreamCtx};
+use vstreamd::engine::AskDefaults;
 use vstreamd::engine::AskRequest;
 use vstreamd::kv::disk::DiskConfig;
 use vstreamd::kv::{Quant, StoreConfig};
@@ -79,8 +80,11 @@ pub fn prepare(
         layout,
         ctx,
         req,
-        16,
-        LayerSelection::PerLayer,
+        AskDefaults {
+            top_k: 16,
+            layer_selection: LayerSelection::PerLayer,
+            recent_frames: None,
+        },
         SystemTime::now(),
     )
     .unwrap()
