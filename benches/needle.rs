@@ -52,7 +52,7 @@ use vstreamd::kv::disk::{DiskConfig, SyncPolicy};
 use vstreamd::kv::{Quant, StoreConfig};
 use vstreamd::model::{self, ModelOptions, Precision};
 use vstreamd::retrieval::LayerSelection;
-use vstreamd::synth::script::{NeedleSpec, Script};
+use vstreamd::synth::script::{NeedleSpec, Script, NEEDLE_SHAPES};
 
 const QUANTS: [Quant; 3] = [Quant::F32, Quant::Int8, Quant::Int4];
 /// (label, mode, layer selection): retrieval both as ReKV does it (each layer its own
@@ -148,7 +148,7 @@ fn run_stream(
 ) -> Result<()> {
     let script = Script::needle(&NeedleSpec {
         frames,
-        needles: 2,
+        shapes: NEEDLE_SHAPES.to_vec(),
         seed,
         ..NeedleSpec::default()
     });

@@ -66,7 +66,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Held-out accuracy of a synthetic-world checkpoint.
     Eval(train::EvalArgs),
-    /// Write one synthetic clip as PNG frames with its questions and answers.
+    /// Write one synthetic training clip as PNG frames with its questions and answers,
+    /// or a scripted stream's frames and ground truth (`--script needle?… --truth`).
     Synth(train::SynthArgs),
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use media::ingest_to_end;
 use vstreamd::ingest::{self, Frame, RtspTransport, Source, StreamConfig, StreamState};
-use vstreamd::synth::script::Script;
+use vstreamd::synth::script::{Script, ScriptOptions};
 
 fn ingest_all(uri: &str, fps: f64, w: u32, h: u32) -> (Vec<Frame>, ingest::StreamStatus) {
     let source = Source::parse(uri, RtspTransport::Tcp, None).expect("synth URI");
@@ -26,7 +26,11 @@ fn needle_script_arrives_exactly_as_rendered() {
     for (w, h) in [(48, 48), (50, 30)] {
         let (frames, status) = ingest_all("synth://needle?seed=5&speed=0&frames=40", 1.0, w, h);
         assert_eq!(status.state, StreamState::Ended);
-        let script = Script::from_name("needle", 5, Some(40), w, h).unwrap();
+        let options = ScriptOptions {
+            frames: Some(40),
+            ..Default::default()
+        };
+        let script = Script::from_name("needle", 5, &options, w, h).unwrap();
         assert_eq!(frames.len(), 40);
         assert_eq!(status.frames_dropped, 0);
         for (i, f) in frames.iter().enumerate() {
@@ -55,4 +59,49 @@ fn sampling_and_pacing_apply_to_the_synthetic_source() {
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.pts, Duration::from_secs(2 * i as u64));
     }
+}
+
+/// `vstreamd synth --script … --truth` prints the ground truth of the stream a
+/// `synth://` source with the same query plays: needles and every question's answer.
+#[test]
+fn synth_cli_prints_the_truth_the_source_plays() {
+    let query = "needle?seed=7&frames=300&needles=triangle,star&chained=1&questions=all";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vstreamd"))
+        .args(["synth", "--script", query, "--truth"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let source = Source::parse(&format!("synth://{query}"), RtspTransport::Tcp, None).unwrap();
+    let Source::Synth { seed, options, .. } = source else {
+        panic!("not a synth source");
+    };
+    let script = Script::from_name("needle", seed, &options, 48, 48).unwrap();
+    assert_eq!(truth["frames"], 300);
+    assert_eq!(truth["needles"].as_array().unwrap().len(), 2);
+    let questions = truth["questions"].as_array().unwrap();
+    assert_eq!(questions.len(), script.questions.len());
+    for (q, want) in questions.iter().zip(&script.questions) {
+        assert_eq!(q["question"], want.question.as_str());
+        assert_eq!(q["answer"], want.answer.as_str());
+        assert_eq!(q["kind"], want.kind.name());
+    }
+    // Every kind has a question with a true answer.
+    for kind in ["colour", "after", "count", "exists"] {
+        assert!(
+            questions.iter().any(|q| q["kind"] == kind),
+            "no {kind} question"
+        );
+    }
+    // A bad query is a clear error, not a panic.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_vstreamd"))
+        .args(["synth", "--script", "needle?copies=99", "--truth"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("copies"));
 }

@@ -1,6 +1,6 @@
 //! A needle in a stream, end to end through the real daemon (issue 7): the bundled
-//! trained model, a `synth://needle` stream (distractor circles and squares, a triangle
-//! and a star each visible for 3 frames somewhere in the first 90%) rendered into
+//! trained model, a `synth://needle` stream (distractor circles and squares, one
+//! triangle visible for 3 frames somewhere in the first 90%: the default needle) rendered into
 //! GStreamer's `appsrc`, ingest → engine → a RAM tier of 16 KiB (about 4 blocks), so
 //! blocks spill to the disk tier → retrieval → the gRPC Ask of the Rust client. Asked
 //! once the stream has ended and every frame is encoded (so the store is the same on
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vstreamd::serve::proto as pb;
-use vstreamd::synth::script::Script;
+use vstreamd::synth::script::{Script, ScriptOptions};
 
 const FRAMES: usize = 300;
 const SEED: u64 = 1;
@@ -26,7 +26,11 @@ const SEED: u64 = 1;
 #[test]
 fn needle_through_the_daemon_is_answered_and_cited() {
     let model = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/synth-tiny"));
-    let script = Script::from_name("needle", SEED, Some(FRAMES), 48, 48).unwrap();
+    let options = ScriptOptions {
+        frames: Some(FRAMES),
+        ..Default::default()
+    };
+    let script = Script::from_name("needle", SEED, &options, 48, 48).unwrap();
     assert_eq!(script.frames(), FRAMES);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::ingest::{RtspTransport, Source};
 use crate::model::{LlavaOnevision, ModelOptions, Precision};
 use crate::synth::eval::{self, EvalReport, HELD_OUT_SEED};
+use crate::synth::script::Script;
 use crate::synth::train::{self, Progress, TrainOptions};
 use crate::synth::world::{clip_seed, mix, Clip};
 use crate::synth::{qa, ClipSpec};
@@ -67,9 +69,23 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// Directory to write the frames (NN.png) and the questions (qa.txt) to.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Directory to write the frames (NN.png) and the questions (qa.txt, or with
+    /// --script truth.json) to.
+    #[arg(long, required_unless_present = "truth")]
+    pub out: Option<PathBuf>,
+    /// A scripted stream instead of a training clip, as a `synth://` source names it:
+    /// `needle?seed=3&frames=1000&needles=triangle,star&questions=all` (see the README).
+    #[arg(long, conflicts_with = "index")]
+    pub script: Option<String>,
+    /// With --script: print the stream's ground truth (needles, questions, answers,
+    /// evidence spans) as JSON on stdout, without rendering frames.
+    #[arg(long, requires = "script")]
+    pub truth: bool,
+    /// Frame size of a --script stream.
+    #[arg(long, default_value_t = 48)]
+    pub width: u32,
+    #[arg(long, default_value_t = 48)]
+    pub height: u32,
     /// Clip stream.
     #[arg(long, default_value_t = HELD_OUT_SEED)]
     pub seed: u64,
@@ -189,13 +205,18 @@ pub fn evaluate(args: &EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &args.script {
+        return synth_script(args, spec);
+    }
+    let Some(out) = &args.out else {
+        bail!("--out is required");
+    };
     let spec = ClipSpec::default();
     let seed = clip_seed(args.seed, args.index);
     let clip = Clip::random(&spec, seed);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for (i, &t) in clip.times.iter().enumerate() {
-        let path = args.out.join(format!("{i:02}.png"));
+        let path = out.join(format!("{i:02}.png"));
         let Some(image) = clip.scene.render(t).to_image() else {
             bail!("frame {i} has the wrong size");
         };
@@ -210,8 +231,51 @@ pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
             lines.push_str(&format!("{}\t{}\n", q.question, q.answer));
         }
     }
-    let path = args.out.join("qa.txt");
+    let path = out.join("qa.txt");
     std::fs::write(&path, &lines).with_context(|| format!("writing {}", path.display()))?;
     print!("{lines}");
+    Ok(())
+}
+
+/// `--script`: the scripted stream a `synth://SPEC` source plays (same parser, same
+/// defaults), its truth as JSON, and unless `--truth`, its frames as PNGs.
+fn synth_script(args: &SynthArgs, spec: &str) -> anyhow::Result<()> {
+    let spec = spec.strip_prefix("synth://").unwrap_or(spec);
+    let source = Source::parse(&format!("synth://{spec}"), RtspTransport::Tcp, None)?;
+    let Source::Synth {
+        script,
+        seed,
+        options,
+        ..
+    } = source
+    else {
+        bail!("`{spec}` is not a synthetic script");
+    };
+    if !(16..=4096).contains(&args.width) || !(16..=4096).contains(&args.height) {
+        bail!("--width and --height must be in 16..=4096");
+    }
+    let script = Script::from_name(&script, seed, &options, args.width, args.height)?;
+    let truth = serde_json::to_string_pretty(&script.truth())?;
+    if args.truth {
+        println!("{truth}");
+        return Ok(());
+    }
+    let Some(out) = &args.out else {
+        bail!("--out is required to write frames (or ask for --truth)");
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let frames = script.frames();
+    for i in 0..frames {
+        let path = out.join(format!("{i:06}.png"));
+        let Some(image) = script.scene.render(script.frame_time(i)).to_image() else {
+            bail!("frame {i} has the wrong size");
+        };
+        image
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let path = out.join("truth.json");
+    std::fs::write(&path, truth).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{frames} frames and truth.json in {}", out.display());
     Ok(())
 }

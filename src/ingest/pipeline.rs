@@ -218,9 +218,9 @@ fn build_source(
             script,
             seed,
             speed,
-            frames,
+            options,
         } => {
-            let script = Script::from_name(script, *seed, *frames, config.width, config.height)
+            let script = Script::from_name(script, *seed, options, config.width, config.height)
                 .map_err(|e| IngestError::InvalidUri(e.to_string()))?;
             let src = synth_appsrc(script, *speed)?;
             pipeline.add(&src).map_err(err)?;

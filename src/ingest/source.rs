@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::{excerpt, IngestError};
-use crate::synth::script::Script;
+use crate::synth::script::{Script, ScriptOptions};
 
 /// RTSP lower transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,8 +61,9 @@ pub enum Source {
         seed: u64,
         /// Stream seconds per wall-clock second; 0: unpaced.
         speed: f64,
-        /// Length of a needle stream, in frames.
-        frames: Option<usize>,
+        /// The rest of the query: a needle stream's length, needles, questions (boxed:
+        /// rarely used, and large beside the other sources).
+        options: Box<ScriptOptions>,
     },
 }
 
@@ -151,7 +152,7 @@ impl Source {
 const MIN_SYNTH_SPEED: f64 = 0.001;
 const MAX_SYNTH_SPEED: f64 = 1000.0;
 
-/// `SCRIPT?seed=N&speed=X&frames=N` of a `synth://` URI.
+/// `SCRIPT?seed=N&speed=X&OPTIONS` of a `synth://` URI (options: [`ScriptOptions`]).
 fn parse_synth(rest: &str) -> Result<Source, IngestError> {
     let (script, query) = rest.split_once('?').unwrap_or((rest, ""));
     let script = if script.is_empty() { "demo" } else { script };
@@ -162,13 +163,14 @@ fn parse_synth(rest: &str) -> Result<Source, IngestError> {
             Script::NAMES.join(", ")
         )));
     }
-    let (mut seed, mut speed, mut frames) = (1u64, 1.0f64, None);
+    let (mut seed, mut speed, mut options) = (1u64, 1.0f64, ScriptOptions::default());
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = || {
             IngestError::InvalidUri(format!(
                 "bad synth:// parameter `{}` (seed=N, speed=0 or 0.001..=1000, \
-                 frames=10..=10000000)",
+                 frames=10..=10000000, needles=triangle,star, copies=1..=9, \
+                 needle_frames=1..=1000, chained=0|1, questions=colour,after,count,exists|all)",
                 excerpt(pair)
             ))
         };
@@ -180,21 +182,22 @@ fn parse_synth(rest: &str) -> Result<Source, IngestError> {
                     return Err(bad());
                 }
             }
-            "frames" => {
-                let n: usize = value.parse().map_err(|_| bad())?;
-                if !(10..=10_000_000).contains(&n) {
-                    return Err(bad());
-                }
-                frames = Some(n);
-            }
-            _ => return Err(bad()),
+            _ => match options.set(key, value) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Err(bad()),
+            },
         }
+    }
+    if script == "demo" && options != ScriptOptions::default() {
+        return Err(IngestError::InvalidUri(
+            "synth://demo takes seed and speed only".into(),
+        ));
     }
     Ok(Source::Synth {
         script: script.to_owned(),
         seed,
         speed,
-        frames,
+        options: Box::new(options),
     })
 }
 
@@ -209,14 +212,8 @@ impl fmt::Display for Source {
                 script,
                 seed,
                 speed,
-                frames,
-            } => {
-                write!(f, "synth://{script}?seed={seed}&speed={speed}")?;
-                match frames {
-                    Some(n) => write!(f, "&frames={n}"),
-                    None => Ok(()),
-                }
-            }
+                options,
+            } => write!(f, "synth://{script}?seed={seed}&speed={speed}{options}"),
         }
     }
 }
@@ -277,7 +274,10 @@ mod tests {
                 script: "needle".into(),
                 seed: 9,
                 speed: 0.0,
-                frames: Some(500),
+                options: Box::new(ScriptOptions {
+                    frames: Some(500),
+                    ..Default::default()
+                }),
             }
         );
         assert_eq!(
@@ -285,6 +285,27 @@ mod tests {
             "synth://needle?seed=9&speed=0&frames=500"
         );
         assert!(!synth.is_live());
+        // Needle options round-trip; bad ones and options on the demo are refused.
+        let uri = "synth://needle?seed=2&speed=1&frames=1000&needles=star,triangle&copies=2\
+                   &needle_frames=4&chained=1&questions=count,exists";
+        let parsed = Source::parse(uri, RtspTransport::Tcp, None).unwrap();
+        assert_eq!(parsed.to_string(), uri);
+        for bad in [
+            "synth://needle?needles=circle",
+            "synth://needle?copies=10",
+            "synth://needle?questions=why",
+            "synth://needle?chained=2",
+            "synth://needle?frames=5",
+            "synth://demo?frames=100",
+        ] {
+            assert!(
+                matches!(
+                    Source::parse(bad, RtspTransport::Tcp, None),
+                    Err(IngestError::InvalidUri(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
