@@ -342,7 +342,7 @@ fn the_engine_default_of_recent_frames_applies_when_a_question_is_silent() {
         dedup_threshold: None,
         disk: None,
     };
-    let mut config = EngineConfig::new(dir.path(), store.clone());
+    let mut config = EngineConfig::new(dir.path(), store);
     config.window_frames = 9;
     config.recent_frames = Some(10);
     assert!(
