@@ -42,6 +42,13 @@ pub struct TrainArgs {
     /// Longest training clip, in frames.
     #[arg(long, default_value_t = 6)]
     pub max_frames: usize,
+    /// Share of steps (0..=1) that train on retrieval-like contexts (frames picked from
+    /// long needle streams with gaps, distractors and a recent run) instead of clips.
+    #[arg(long, default_value_t = 0.0)]
+    pub contexts: f64,
+    /// Longest context, in frames (each context step draws 2..=this).
+    #[arg(long, default_value_t = 32)]
+    pub max_context_frames: usize,
     /// Intra-op threads for libtorch.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
@@ -111,6 +118,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     opts.batch = args.batch;
     opts.lr = args.lr;
     opts.frames = (args.min_frames, args.max_frames);
+    opts.contexts = args.contexts;
+    opts.context_frames = (2.min(args.max_context_frames), args.max_context_frames);
     let terminal = std::io::stderr().is_terminal();
     let mut last_print: Option<Instant> = None;
     let mut show = |p: &Progress| {

@@ -32,6 +32,7 @@ use crate::model::{LlavaOnevision, ModelOptions, Precision};
 use crate::synth::checkpoint::{self, TinySpec, IM_END_ID, PAD_ID};
 use crate::synth::qa;
 use crate::synth::render::frames_to_tensor;
+use crate::synth::script::{NeedleSpec, Script, NEEDLE_SHAPES};
 use crate::synth::world::{clip_seed, mix, Clip, ClipSpec, Colour, Shape};
 
 /// Everything a training run depends on.
@@ -55,6 +56,12 @@ pub struct TrainOptions {
     /// model contexts longer than the evaluation clips (the engine's window plus
     /// retrieved frames).
     pub frames: (usize, usize),
+    /// Share of steps (0..=1) that train on retrieval-like contexts instead of clips
+    /// (see [`context_example`]): frames picked from a long needle stream with time
+    /// gaps, distractor frames around the evidence, a recent run at the end or not.
+    pub contexts: f64,
+    /// Frames per context, drawn per context step uniformly from this range.
+    pub context_frames: (usize, usize),
 }
 
 impl TrainOptions {
@@ -71,6 +78,8 @@ impl TrainOptions {
             model: TinySpec::default(),
             clip: ClipSpec::default(),
             frames: (6, 6),
+            contexts: 0.0,
+            context_frames: (2, 32),
         }
     }
 }
@@ -156,39 +165,107 @@ fn training_example(spec: &ClipSpec, stream: u64, index: u64) -> (Clip, Vec<qa::
     (clip, questions)
 }
 
+/// Salt of the draws that make a step a context step, and of context streams' seeds.
+const CONTEXT_SALT: u64 = 0x5eed_c0de;
+
+/// Context `index` of the training stream: `frames` frames picked from a long needle
+/// stream (100–1,000 frames, one or both needle shapes, chained or not) the way
+/// retrieval and the recent window assemble a context: with probability ½ a run of the
+/// stream's last frames (the window, 1–8), each needle's evidence with probability 0.8
+/// (a run of 1 to all of its frames), and distractor frames from anywhere else, in time
+/// order with gaps. Questions of every kind, answered by the clip rules on exactly
+/// these frames (so a needle left out is "no"/"zero").
+fn context_example(spec: &ClipSpec, stream: u64, index: u64, frames: usize) -> (Clip, Vec<qa::Qa>) {
+    let seed = clip_seed(stream ^ CONTEXT_SALT, index);
+    let mut rng = fastrand::Rng::with_seed(mix(seed));
+    let length = rng.usize(100..=1000).max(frames + 8);
+    let shapes = match rng.usize(..3) {
+        0 => vec![Shape::Triangle],
+        1 => vec![Shape::Star],
+        _ => NEEDLE_SHAPES.to_vec(),
+    };
+    let script = Script::needle(&NeedleSpec {
+        width: spec.width,
+        height: spec.height,
+        fps: spec.fps,
+        frames: length,
+        shapes,
+        needle_frames: rng.usize(1..=4),
+        chained: rng.bool(),
+        seed,
+        ..NeedleSpec::default()
+    });
+    let mut picked: Vec<usize> = Vec::with_capacity(frames);
+    if frames > 1 && rng.bool() {
+        let window = rng.usize(1..=8.min(frames - 1));
+        picked.extend(length - window..length);
+    }
+    for needle in script
+        .scene
+        .objects
+        .iter()
+        .filter(|o| NEEDLE_SHAPES.contains(&o.shape))
+    {
+        if picked.len() >= frames || rng.f32() >= 0.8 {
+            continue;
+        }
+        let first = (needle.appear * script.fps).round() as usize;
+        let last = ((needle.leave * script.fps).round() as usize).min(length);
+        let shown = last.saturating_sub(first).max(1);
+        let take = rng.usize(1..=shown).min(frames - picked.len());
+        let start = first + rng.usize(..=shown - take);
+        picked.extend(start..start + take);
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    while picked.len() < frames {
+        let f = rng.usize(..length);
+        if let Err(at) = picked.binary_search(&f) {
+            picked.insert(at, f);
+        }
+    }
+    picked.truncate(frames);
+    let clip = Clip {
+        times: picked.iter().map(|&i| script.frame_time(i)).collect(),
+        scene: script.scene,
+    };
+    let questions = qa::sample_set(&clip, QUESTIONS_PER_KIND, &mut rng);
+    (clip, questions)
+}
+
 /// One row: the video prefix, then one segment per question (the rest of its prompt,
 /// its answer and `<|im_end|>`), each segment placed at the positions it would have
 /// alone and seeing only the prefix and itself: the row scores every question exactly
 /// as separate single-question sequences would, for the price of one video.
-fn make_batch(
-    model: &LlavaOnevision,
-    spec: &ClipSpec,
-    stream: u64,
-    first: u64,
-    size: usize,
-) -> SynthResult<Batch> {
+fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> SynthResult<Batch> {
+    let size = examples.len();
+    let frame_count = examples.first().map_or(0, |(c, _)| c.times.len());
+    if examples.iter().any(|(c, _)| c.times.len() != frame_count) {
+        return Err(SynthError::InvalidInput(
+            "the clips of one batch differ in length".into(),
+        ));
+    }
     struct Row {
         prefix: Vec<i64>,
         /// (rest of the prompt, answer + `<|im_end|>`)
         segments: Vec<(Vec<i64>, Vec<i64>)>,
     }
     let mut rows = Vec::with_capacity(size);
-    let mut frames = Vec::with_capacity(size * spec.frames);
+    let mut frames = Vec::with_capacity(size * frame_count);
     let side = (model.tokens_per_frame() as f64).sqrt().round() as usize;
     let (mut cell_shapes, mut cell_colours) = (Vec::new(), Vec::new());
     let video_id = model.text.video_token_id();
-    for i in 0..size as u64 {
-        let (clip, questions) = training_example(spec, stream, first + i);
+    for (clip, questions) in examples {
         frames.extend(clip.times.iter().map(|&t| clip.scene.render(t)));
         for &t in &clip.times {
-            cell_labels(&clip, t, side, &mut cell_shapes, &mut cell_colours);
+            cell_labels(clip, t, side, &mut cell_shapes, &mut cell_colours);
         }
         let mut row = Row {
             prefix: Vec::new(),
             segments: Vec::new(),
         };
-        for qa in &questions {
-            let prompt = model.video_prompt_ids(&qa.question, spec.frames as i64)?;
+        for qa in questions {
+            let prompt = model.video_prompt_ids(&qa.question, frame_count as i64)?;
             let split = prompt
                 .iter()
                 .rposition(|&id| id == video_id)
@@ -463,6 +540,13 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
             opts.frames.0, opts.frames.1
         )));
     }
+    let (lo, hi) = opts.context_frames;
+    if !(0.0..=1.0).contains(&opts.contexts) || lo == 0 || lo > hi {
+        return Err(SynthError::InvalidInput(format!(
+            "contexts {} (a share in 0..=1) of {lo}..={hi} frames (1 ≤ min ≤ max)",
+            opts.contexts
+        )));
+    }
     if opts.batch == 0 || opts.steps == 0 {
         return Err(SynthError::InvalidInput(
             "steps and batch must be positive".into(),
@@ -495,19 +579,37 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
             stopped_early = true;
             break;
         }
-        let (lo, hi) = opts.frames;
-        let clip = ClipSpec {
-            frames: lo + (mix(opts.seed ^ step as u64) % (hi - lo + 1) as u64) as usize,
-            ..opts.clip.clone()
+        let draw = |salt: u64, (lo, hi): (usize, usize)| {
+            lo + (mix(opts.seed ^ step as u64 ^ salt) % (hi - lo + 1) as u64) as usize
         };
-        let batch = make_batch(
-            &model,
-            &clip,
-            opts.seed,
-            (step * opts.batch) as u64,
-            opts.batch,
-        )?;
-        let (loss, accuracy, probe) = batch_loss(&model, &probes, &batch, clip.frames as i64)?;
+        let roll = (mix(opts.seed ^ step as u64 ^ CONTEXT_SALT) % 1000) as f64;
+        let is_context = roll < opts.contexts * 1000.0;
+        let examples: Vec<(Clip, Vec<qa::Qa>)> = if is_context {
+            // The same frames a step as a clip step: fewer rows for longer contexts.
+            let frames = draw(CONTEXT_SALT, opts.context_frames);
+            let rows = (opts.batch * opts.frames.1 / frames).max(1);
+            (0..rows as u64)
+                .map(|i| {
+                    context_example(
+                        &opts.clip,
+                        opts.seed,
+                        (step * opts.batch) as u64 + i,
+                        frames,
+                    )
+                })
+                .collect()
+        } else {
+            let clip = ClipSpec {
+                frames: draw(0, opts.frames),
+                ..opts.clip.clone()
+            };
+            (0..opts.batch as u64)
+                .map(|i| training_example(&clip, opts.seed, (step * opts.batch) as u64 + i))
+                .collect()
+        };
+        let frame_count = examples.first().map_or(0, |(c, _)| c.times.len()) as i64;
+        let batch = make_batch(&model, &examples)?;
+        let (loss, accuracy, probe) = batch_loss(&model, &probes, &batch, frame_count)?;
         loss.f_backward()?;
         let lr = learning_rate(opts, step);
         optimiser.step(&mut params, lr, opts.weight_decay)?;
@@ -557,4 +659,44 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
         parameters,
         final_loss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_are_time_ordered_frames_of_a_needle_stream_with_true_answers() {
+        let spec = ClipSpec {
+            width: 48,
+            height: 48,
+            ..ClipSpec::default()
+        };
+        let mut with_needle = 0;
+        for index in 0..40 {
+            let frames = 2 + index as usize % 31;
+            let (clip, questions) = context_example(&spec, 1, index, frames);
+            assert_eq!(clip.times.len(), frames);
+            assert!(
+                clip.times.windows(2).all(|w| w[0] < w[1]),
+                "{:?}",
+                clip.times
+            );
+            assert!(!questions.is_empty());
+            // Exists answers say whether the picked frames show a needle shape.
+            for shape in NEEDLE_SHAPES {
+                let seen = clip
+                    .times
+                    .iter()
+                    .any(|&t| clip.scene.visible_at(t).any(|o| o.shape == shape));
+                with_needle += usize::from(seen);
+                let q = format!("is there a {shape} ?");
+                if let Some(qa) = questions.iter().find(|x| x.question == q) {
+                    assert_eq!(qa.answer, if seen { "yes" } else { "no" });
+                }
+            }
+        }
+        // Most contexts hold evidence, not all.
+        assert!((20..80).contains(&with_needle), "{with_needle}");
+    }
 }
