@@ -49,6 +49,10 @@ pub struct TrainArgs {
     /// Longest context, in frames (each context step draws 2..=this).
     #[arg(long, default_value_t = 32)]
     pub max_context_frames: usize,
+    /// Weight of the retrieval objective (0: off): every layer's question query must
+    /// score the frames showing what it asks about above the others.
+    #[arg(long, default_value_t = 0.0)]
+    pub retrieval_weight: f64,
     /// Intra-op threads for libtorch.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
@@ -119,6 +123,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     opts.lr = args.lr;
     opts.frames = (args.min_frames, args.max_frames);
     opts.contexts = args.contexts;
+    opts.retrieval_weight = args.retrieval_weight;
     opts.context_frames = (2.min(args.max_context_frames), args.max_context_frames);
     let terminal = std::io::stderr().is_terminal();
     let mut last_print: Option<Instant> = None;
@@ -129,11 +134,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         last_print = Some(Instant::now());
         let line = format!(
-            "step {:>5}/{} loss {:.4} (cells {:.3}) answers {:5.1}% lr {:.2e} {:.2} step/s elapsed {} ETA {}",
+            "step {:>5}/{} loss {:.4} (cells {:.3}{}) answers {:5.1}% lr {:.2e} {:.2} step/s elapsed {} ETA {}",
             p.step,
             p.steps,
             p.loss,
             p.probe_loss,
+            if p.retrieval_loss.is_finite() {
+                format!(", retrieval {:.3}", p.retrieval_loss)
+            } else {
+                String::new()
+            },
             100.0 * p.answer_accuracy,
             p.lr,
             p.rate,

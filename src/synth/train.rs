@@ -62,6 +62,10 @@ pub struct TrainOptions {
     pub contexts: f64,
     /// Frames per context, drawn per context step uniformly from this range.
     pub context_frames: (usize, usize),
+    /// Weight of the retrieval objective ([`retrieval_loss`]; 0: off): in every layer,
+    /// the question's query must score the frames that show what it asks about above
+    /// the others, as ReKV's per-layer top-k scores them.
+    pub retrieval_weight: f64,
 }
 
 impl TrainOptions {
@@ -80,6 +84,7 @@ impl TrainOptions {
             frames: (6, 6),
             contexts: 0.0,
             context_frames: (2, 32),
+            retrieval_weight: 0.0,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct Progress {
     pub loss: f64,
     /// Mean loss of the cell probes over the same steps (part of `loss`).
     pub probe_loss: f64,
+    /// Mean retrieval objective over the same steps (NaN when off).
+    pub retrieval_loss: f64,
     /// Answer words right under teacher forcing (argmax), same window.
     pub answer_accuracy: f64,
     pub lr: f64,
@@ -131,6 +138,54 @@ struct Batch {
     cell_shapes: Tensor,
     /// [B·F·cells] int64: likewise its colour (1 + index in [`Colour::ALL`]), 0 for none.
     cell_colours: Tensor,
+    /// The retrieval objective's inputs; `None` when not asked for, or when no question
+    /// of the batch has frames both with and without what it asks about.
+    retrieval: Option<RetrievalTargets>,
+}
+
+/// Each question's retrieval pass — the question alone after the sinks, as the engine
+/// runs it to get the question's per-layer queries (with no recent frames) — and the
+/// frames that show what it asks about.
+struct RetrievalTargets {
+    /// [Q, Tq] int64, right-padded; positions [Q, Tq]; causal mask [Q, 1, Tq, Tq].
+    ids: Tensor,
+    positions: Tensor,
+    mask: Tensor,
+    /// [Q, Tq] float: 1 on the question's tokens (after the sinks), 0 elsewhere.
+    select: Tensor,
+    /// [Q] int64: the batch row (clip) each question is about.
+    rows: Tensor,
+    /// [Q, F] bool: the frames that show the question's subject (some, not all).
+    evidence: Tensor,
+    /// Index of the first video token of every row; frame f's tokens follow it at
+    /// f · tokens_per_frame.
+    video_start: i64,
+}
+
+/// Which of `clip`'s frames show what `question` asks about — the first shape word
+/// (singular or plural) and the colour word just before it, if any — when some do and
+/// some do not (else there is nothing to rank).
+fn question_evidence(clip: &Clip, question: &str) -> Option<Vec<bool>> {
+    let words: Vec<&str> = question.split_whitespace().collect();
+    let (at, shape) = words.iter().enumerate().find_map(|(i, w)| {
+        Shape::ALL
+            .into_iter()
+            .find(|s| s.word() == *w || s.plural() == *w)
+            .map(|s| (i, s))
+    })?;
+    let colour = at
+        .checked_sub(1)
+        .and_then(|i| Colour::ALL.into_iter().find(|c| c.word() == words[i]));
+    let shown: Vec<bool> = clip
+        .times
+        .iter()
+        .map(|&t| {
+            clip.scene
+                .visible_at(t)
+                .any(|o| o.shape == shape && colour.is_none_or(|c| o.colour == c))
+        })
+        .collect();
+    (shown.iter().any(|&s| s) && !shown.iter().all(|&s| s)).then_some(shown)
 }
 
 /// Per-cell labels of the frame at `t`: the pooled token grid is `side`×`side` cells of
@@ -237,7 +292,11 @@ fn context_example(spec: &ClipSpec, stream: u64, index: u64, frames: usize) -> (
 /// its answer and `<|im_end|>`), each segment placed at the positions it would have
 /// alone and seeing only the prefix and itself: the row scores every question exactly
 /// as separate single-question sequences would, for the price of one video.
-fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> SynthResult<Batch> {
+fn make_batch(
+    model: &LlavaOnevision,
+    examples: &[(Clip, Vec<qa::Qa>)],
+    retrieval: bool,
+) -> SynthResult<Batch> {
     let size = examples.len();
     let frame_count = examples.first().map_or(0, |(c, _)| c.times.len());
     if examples.iter().any(|(c, _)| c.times.len() != frame_count) {
@@ -255,7 +314,10 @@ fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> Synth
     let side = (model.tokens_per_frame() as f64).sqrt().round() as usize;
     let (mut cell_shapes, mut cell_colours) = (Vec::new(), Vec::new());
     let video_id = model.text.video_token_id();
-    for (clip, questions) in examples {
+    // Retrieval passes: (row, sinks + question ids, sinks length, evidence).
+    let mut passes: Vec<(usize, Vec<i64>, usize, Vec<bool>)> = Vec::new();
+    let mut video_start = None;
+    for (row_index, (clip, questions)) in examples.iter().enumerate() {
         frames.extend(clip.times.iter().map(|&t| clip.scene.render(t)));
         for &t in &clip.times {
             cell_labels(clip, t, side, &mut cell_shapes, &mut cell_colours);
@@ -276,6 +338,19 @@ fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> Synth
                 return Err(SynthError::InvalidInput(
                     "prompts of one clip differ before the question".into(),
                 ));
+            }
+            if retrieval {
+                let first = prompt.iter().position(|&id| id == video_id).unwrap_or(0);
+                if *video_start.get_or_insert(first) != first {
+                    return Err(SynthError::InvalidInput(
+                        "rows of one batch start their videos at different tokens".into(),
+                    ));
+                }
+                if let Some(evidence) = question_evidence(clip, &qa.question) {
+                    let mut ids = prompt[..first].to_vec();
+                    ids.extend_from_slice(&prompt[split..]);
+                    passes.push((row_index, ids, first, evidence));
+                }
             }
             let mut answer = model.text.encode(&qa.answer)?;
             answer.push(IM_END_ID);
@@ -331,8 +406,15 @@ fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> Synth
             allow(&mut mask, j, j..j + 1);
         }
     }
+    let retrieval = match video_start {
+        Some(video_start) if !passes.is_empty() => {
+            Some(retrieval_targets(&passes, video_start, frame_count)?)
+        }
+        _ => None,
+    };
     let (b, t) = (size as i64, t as i64);
     Ok(Batch {
+        retrieval,
         ids: Tensor::from_slice(&ids).f_view([b, t])?,
         labels: Tensor::from_slice(&labels),
         answers: Tensor::from_slice(&answers),
@@ -342,6 +424,110 @@ fn make_batch(model: &LlavaOnevision, examples: &[(Clip, Vec<qa::Qa>)]) -> Synth
         cell_shapes: Tensor::from_slice(&cell_shapes),
         cell_colours: Tensor::from_slice(&cell_colours),
     })
+}
+
+/// The retrieval passes of a batch as tensors (see [`RetrievalTargets`]).
+fn retrieval_targets(
+    passes: &[(usize, Vec<i64>, usize, Vec<bool>)],
+    video_start: usize,
+    frames: usize,
+) -> SynthResult<RetrievalTargets> {
+    let q = passes.len();
+    let t = passes.iter().map(|p| p.1.len()).max().unwrap_or(1);
+    let mut ids = vec![PAD_ID; q * t];
+    let mut positions = vec![0i64; q * t];
+    let mut mask = vec![false; q * t * t];
+    let mut select = vec![0f32; q * t];
+    let mut evidence = Vec::with_capacity(q * frames);
+    let mut rows = Vec::with_capacity(q);
+    for (i, (row, seq, sinks, shown)) in passes.iter().enumerate() {
+        for j in 0..t {
+            if j < seq.len() {
+                ids[i * t + j] = seq[j];
+                positions[i * t + j] = j as i64;
+                mask[(i * t + j) * t..(i * t + j) * t + j + 1].fill(true);
+                if j >= *sinks {
+                    select[i * t + j] = 1.0;
+                }
+            } else {
+                // Padding attends to itself only.
+                mask[(i * t + j) * t + j] = true;
+            }
+        }
+        rows.push(*row as i64);
+        evidence.extend_from_slice(shown);
+    }
+    let (q, t) = (q as i64, t as i64);
+    Ok(RetrievalTargets {
+        ids: Tensor::from_slice(&ids).f_view([q, t])?,
+        positions: Tensor::from_slice(&positions).f_view([q, t])?,
+        mask: Tensor::from_slice(&mask).f_view([q, 1, t, t])?,
+        select: Tensor::from_slice(&select).f_view([q, t])?,
+        rows: Tensor::from_slice(&rows),
+        evidence: Tensor::from_slice(&evidence).f_view([q, frames as i64])?,
+        video_start: video_start as i64,
+    })
+}
+
+/// The retrieval objective: in every layer, each question's query (its pre-rotary
+/// queries over its own tokens, averaged, query heads averaged per GQA group — as the
+/// engine computes it) dotted with every frame's representative key (the mean of the
+/// frame's pre-rotary keys, from `probes`, the packed forward's) ranks the evidence
+/// frames first: multi-positive InfoNCE, −log Σ_evidence softmax(scores / √D), averaged
+/// over layers and questions. This is what makes ReKV's per-layer top-k — each layer
+/// picking by its own scores — find the frames a question needs.
+fn retrieval_loss(
+    model: &LlavaOnevision,
+    probes: &[(Tensor, Tensor)],
+    targets: &RetrievalTargets,
+    frames: i64,
+) -> SynthResult<Tensor> {
+    let dec = model.decoder();
+    let tpf = model.tokens_per_frame();
+    let embeds = dec.embed(&targets.ids)?;
+    let (_, question_probes) =
+        dec.forward_packed_probe(&embeds, &targets.positions, &targets.mask)?;
+    let select = targets.select.f_unsqueeze(1)?.f_unsqueeze(-1)?;
+    let count = targets
+        .select
+        .f_sum_dim_intlist(1, false, Kind::Float)?
+        .f_clamp_min(1.0)?
+        .f_view([-1, 1, 1])?;
+    let others = targets.evidence.f_logical_not()?;
+    let mut total: Option<Tensor> = None;
+    for ((q_raw, _), (_, k_raw)) in question_probes.iter().zip(probes) {
+        let q = q_raw
+            .f_mul(&select)?
+            .f_sum_dim_intlist(2, false, Kind::Float)?
+            .f_div(&count)?;
+        let q = dec.group_query_heads(&q)?;
+        let (b, kv, _, d) = k_raw.size4()?;
+        let keys = k_raw
+            .f_narrow(2, targets.video_start, frames * tpf)?
+            .f_reshape([b, kv, frames, tpf, d])?
+            .f_mean_dim(3, false, Kind::Float)?
+            .f_permute([0, 2, 1, 3])?
+            .f_reshape([b, frames, kv * d])?
+            .f_index_select(0, &targets.rows)?;
+        let scores = keys
+            .f_matmul(&q.f_unsqueeze(-1)?)?
+            .f_squeeze_dim(-1)?
+            .f_div_scalar(((kv * d) as f64).sqrt())?;
+        let all = scores.f_logsumexp(1, false)?;
+        let hit = scores
+            .f_masked_fill(&others, f64::NEG_INFINITY)?
+            .f_logsumexp(1, false)?;
+        let layer = all.f_sub(&hit)?.f_mean(Kind::Float)?;
+        total = Some(match total {
+            None => layer,
+            Some(acc) => acc.f_add(&layer)?,
+        });
+    }
+    let layers = probes.len().max(1) as f64;
+    match total {
+        Some(t) => Ok(t.f_div_scalar(layers)?),
+        None => Err(SynthError::InvalidInput("a decoder without layers".into())),
+    }
 }
 
 /// Linear probes on the frame tokens, trained with the model and not saved: each pooled
@@ -396,13 +582,15 @@ impl CellProbes {
     }
 }
 
-/// Loss and teacher-forced answer accuracy of one batch (the graph kept for backward).
+/// Loss and teacher-forced answer accuracy of one batch (the graph kept for backward),
+/// with the cell probes' and the retrieval objective's parts (NaN when not computed).
 fn batch_loss(
     model: &LlavaOnevision,
     probes: &CellProbes,
     batch: &Batch,
     frames: i64,
-) -> SynthResult<(Tensor, f64, f64)> {
+    retrieval_weight: f64,
+) -> SynthResult<(Tensor, f64, f64, f64)> {
     let (b, t) = batch.ids.size2()?;
     let pixels = model.preprocessor.process(&batch.frames)?;
     let per_frame = model.encode_frames(&pixels)?;
@@ -410,14 +598,21 @@ fn batch_loss(
     let (_, tokens, hidden) = per_frame.size3()?;
     let video = per_frame.f_view([b, frames, tokens, hidden])?;
     let embeds = model.embed_batch_with_video(&batch.ids, &video)?;
-    let out = model
-        .decoder()
-        .forward_packed(&embeds, &batch.positions, &batch.mask)?;
+    let (out, layer_probes) =
+        model
+            .decoder()
+            .forward_packed_probe(&embeds, &batch.positions, &batch.mask)?;
     let logits = model.decoder().logits(&out)?.f_view([b * t, -1])?;
     let answer_loss =
         logits.f_cross_entropy_loss::<Tensor>(&batch.labels, None, Reduction::Mean, -100, 0.0)?;
     let probe_value = probe_loss.double_value(&[]);
-    let loss = answer_loss.f_add(&probe_loss.f_mul_scalar(PROBE_WEIGHT)?)?;
+    let mut loss = answer_loss.f_add(&probe_loss.f_mul_scalar(PROBE_WEIGHT)?)?;
+    let mut retrieval_value = f64::NAN;
+    if let (Some(targets), true) = (&batch.retrieval, retrieval_weight > 0.0) {
+        let r = retrieval_loss(model, &layer_probes, targets, frames)?;
+        retrieval_value = r.double_value(&[]);
+        loss = loss.f_add(&r.f_mul_scalar(retrieval_weight)?)?;
+    }
     let accuracy = tch::no_grad(|| -> SynthResult<f64> {
         let asked = batch.answers.f_ne(-100)?;
         let right = logits
@@ -429,7 +624,7 @@ fn batch_loss(
         let asked = asked.f_sum(Kind::Int64)?.int64_value(&[]);
         Ok(right as f64 / asked.max(1) as f64)
     })?;
-    Ok((loss, accuracy, probe_value))
+    Ok((loss, accuracy, probe_value, retrieval_value))
 }
 
 struct AdamW {
@@ -547,6 +742,12 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
             opts.contexts
         )));
     }
+    if !(opts.retrieval_weight.is_finite() && opts.retrieval_weight >= 0.0) {
+        return Err(SynthError::InvalidInput(format!(
+            "retrieval weight {} must be finite and not negative",
+            opts.retrieval_weight
+        )));
+    }
     if opts.batch == 0 || opts.steps == 0 {
         return Err(SynthError::InvalidInput(
             "steps and batch must be positive".into(),
@@ -571,6 +772,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
     let start = Instant::now();
     let (mut window_loss, mut window_acc, mut window_n) = (0.0, 0.0, 0usize);
     let mut window_probe = 0.0;
+    let (mut window_retrieval, mut window_retrieval_n) = (0.0, 0usize);
     let mut final_loss = f64::NAN;
     let mut done = 0;
     let mut stopped_early = false;
@@ -608,8 +810,9 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
                 .collect()
         };
         let frame_count = examples.first().map_or(0, |(c, _)| c.times.len()) as i64;
-        let batch = make_batch(&model, &examples)?;
-        let (loss, accuracy, probe) = batch_loss(&model, &probes, &batch, frame_count)?;
+        let batch = make_batch(&model, &examples, opts.retrieval_weight > 0.0)?;
+        let (loss, accuracy, probe, retrieval) =
+            batch_loss(&model, &probes, &batch, frame_count, opts.retrieval_weight)?;
         loss.f_backward()?;
         let lr = learning_rate(opts, step);
         optimiser.step(&mut params, lr, opts.weight_decay)?;
@@ -624,6 +827,10 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
         window_loss += loss;
         window_acc += accuracy;
         window_probe += probe;
+        if retrieval.is_finite() {
+            window_retrieval += retrieval;
+            window_retrieval_n += 1;
+        }
         window_n += 1;
         let elapsed = start.elapsed();
         let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -634,6 +841,11 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
             steps: opts.steps,
             loss: window_loss / window_n as f64,
             probe_loss: window_probe / window_n as f64,
+            retrieval_loss: if window_retrieval_n > 0 {
+                window_retrieval / window_retrieval_n as f64
+            } else {
+                f64::NAN
+            },
             answer_accuracy: window_acc / window_n as f64,
             lr,
             elapsed,
@@ -643,6 +855,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> SynthR
         if done % 10 == 0 {
             (window_loss, window_acc, window_n) = (0.0, 0.0, 0);
             window_probe = 0.0;
+            (window_retrieval, window_retrieval_n) = (0.0, 0);
         }
     }
     let mut tensors: BTreeMap<String, Tensor> = init;

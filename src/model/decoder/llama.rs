@@ -615,13 +615,28 @@ impl Llama {
         positions: &Tensor,
         mask: &Tensor,
     ) -> ModelResult<Tensor> {
+        Ok(self.forward_packed_probe(embeds, positions, mask)?.0)
+    }
+
+    /// [`Llama::forward_packed`], also returning every layer's queries and keys before
+    /// rotary ([B, heads, T, head_dim] and [B, kv_heads, T, head_dim], in the graph):
+    /// what retrieval's question queries and representative keys are made of, for
+    /// training objectives on them.
+    pub fn forward_packed_probe(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> ModelResult<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.kind())?;
         let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
         let mut x = embeds.shallow_clone();
+        let mut probes = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let p = layer.project(&x, self.heads(), self.head_dim)?;
             let q = apply_rotary(&p.q, &cos, &sin)?;
             let k = apply_rotary(&p.k, &cos, &sin)?;
+            probes.push((p.q, p.k));
             let v = p.v;
             let out = Tensor::f_scaled_dot_product_attention::<&Tensor>(
                 &q,
@@ -635,7 +650,7 @@ impl Llama {
             )?;
             x = layer.finish(&x, &out)?;
         }
-        self.norm.forward(&x)
+        Ok((self.norm.forward(&x)?, probes))
     }
 
     /// Greedy decoding after a prefill of `embeds` [T, hidden] at positions 0..T in a
@@ -695,6 +710,16 @@ impl Llama {
     /// One layer's query vector from its queries before rotary, [1, num_heads, T,
     /// head_dim]: mean over the T tokens, then over the query heads of each GQA group
     /// (consecutive heads, as `repeat_kv` lays them out), in fp32 → [kv_heads · head_dim].
+    /// Query heads averaged per GQA group, [N, heads, d] → [N, kv_heads · d], as
+    /// retrieval's question queries group them (differentiable).
+    pub fn group_query_heads(&self, q: &Tensor) -> ModelResult<Tensor> {
+        let n = q.size()[0];
+        let group = self.num_heads / self.kv_heads;
+        Ok(q.f_reshape([n, self.kv_heads, group, self.head_dim])?
+            .f_mean_dim(2, false, q.kind())?
+            .f_reshape([n, self.kv_heads * self.head_dim])?)
+    }
+
     fn grouped_query(&self, q_raw: &Tensor) -> ModelResult<Tensor> {
         let group = self.num_heads / self.kv_heads;
         Ok(q_raw
