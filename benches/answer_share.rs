@@ -43,28 +43,6 @@ const QUESTIONS: [&str; 4] = [
     "describe the scene .",
 ];
 
-/// The CPU flags that decide libtorch's speed here.
-fn cpu_flags() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = info
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    let wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"];
-    let have: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|w| flags.contains(w))
-        .collect();
-    let model = info
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
-    format!("{model}; flags: {}", have.join(" "))
-}
-
 /// Frames encoded and dropped over both streams, now.
 async fn totals(c: &mut client::Client) -> Result<(u64, u64)> {
     let list = c
@@ -216,7 +194,7 @@ fn main() -> Result<()> {
     if seconds == 0 || clients == 0 || tokens == 0 {
         bail!("VSTREAMD_SHARE_SECONDS, _CLIENTS and _TOKENS must be at least 1");
     }
-    println!("answer_share: {}", cpu_flags());
+    println!("answer_share: {}", support::cpu_flags());
     let engine = vstreamd::engine::EngineConfig::new(
         "",
         vstreamd::config::StoreSection::default().store_config(),

@@ -378,6 +378,7 @@ fn main() -> Result<()> {
             .collect();
         list.join(",")
     };
+    println!("CPU: {}; model dtype f32", support::cpu_flags());
     println!(
         "needle benchmark: {} ({} libtorch thread(s)) with the [engine] defaults of {}: \
          window {window}, top_k {}, recent_frames {}, {}; fixed-budget modes at K = {k}, \

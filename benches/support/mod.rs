@@ -45,3 +45,25 @@ pub fn median(values: &[f64]) -> f64 {
         _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
+
+/// The CPU flags that decide libtorch's speed here.
+pub fn cpu_flags() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"];
+    let have: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| flags.contains(w))
+        .collect();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    format!("{model}; flags: {}", have.join(" "))
+}
